@@ -1,0 +1,43 @@
+"""ttc_jax: scaling test-time compute in JAX. Install with `pip install -e .[test]`."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "numpy==2.4.6",
+    "absl-py==2.5.1",
+    "ml_collections==1.1.0",
+    "tqdm==4.70.1",
+    "matplotlib==3.11.2",
+]
+
+EXTRAS = {
+    "test": [
+        "pytest==9.2.0",
+        "pytest-xdist==3.8.0",
+        "hypothesis==6.170.17",
+        "ruff==0.17.6",
+        "scipy==1.17.1",
+    ],
+    # Hugging Face interop; transformers + torch are only a test-time reference.
+    "hf": [
+        "safetensors",
+        "tokenizers",
+    ],
+}
+
+setup(
+    name="ttc_jax",
+    version="0.1.0",
+    description="Scaling test-time compute with JAX: search, parallelism, distillation.",
+    packages=find_packages(include=["ttc_jax", "ttc_jax.*"]),
+    package_data={"ttc_jax": ["assets/**/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)

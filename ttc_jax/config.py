@@ -1,0 +1,167 @@
+"""Frozen config dataclasses shared by the library, launch scripts and experiments.
+
+Experiments (``experiments/*.py``) build an ``ml_collections.ConfigDict`` so that absl
+flags can override any field (``--config.model.d_model=128``); the library converts it
+to these frozen, hashable, validated dataclasses with :func:`from_dict`. Validation
+happens at construction, so bad values fail before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU).
+
+    Attributes:
+      vocab_size: V, number of token ids.
+      d_model: D, residual width.
+      num_layers: L, decoder blocks (stacked along a leading ``layers`` axis).
+      num_heads: N, query heads.
+      num_kv_heads: K, key/value heads; N must be a multiple of K (GQA groups G = N/K).
+      head_dim: H, per-head width.
+      mlp_dim: F, SwiGLU hidden width.
+      max_seq_len: the longest sequence (prompt + generation) the model is used with; the
+        default KV-cache length.
+      rope_theta: RoPE base frequency.
+      norm_eps: RMSNorm epsilon.
+      tie_embeddings: use the input embedding as the output projection.
+      qkv_bias: biases on q/k/v projections (Qwen2 style).
+      dtype: activation dtype ("float32" or "bfloat16").
+      param_dtype: parameter dtype.
+    """
+
+    vocab_size: int = 21
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    mlp_dim: int = 256
+    max_seq_len: int = 192
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "mlp_dim", "max_seq_len"):
+            _check(getattr(self, name) >= 1, f"model.{name}={getattr(self, name)} must be >= 1")
+        _check(self.num_heads % self.num_kv_heads == 0,
+               f"model.num_heads={self.num_heads} must be a multiple of "
+               f"model.num_kv_heads={self.num_kv_heads} (grouped-query attention)")
+        _check(self.head_dim % 2 == 0, f"model.head_dim={self.head_dim} must be even for RoPE")
+        for name in ("dtype", "param_dtype"):
+            _check(getattr(self, name) in _DTYPES,
+                   f"model.{name}={getattr(self, name)!r}; choose one of {sorted(_DTYPES)}")
+
+    @property
+    def jnp_dtype(self):
+        return _DTYPES[self.dtype]
+
+    @property
+    def jnp_param_dtype(self):
+        return _DTYPES[self.param_dtype]
+
+    def num_params(self) -> int:
+        """Parameter count (embedding counted once when tied)."""
+        d, f, h = self.d_model, self.mlp_dim, self.head_dim
+        attn = d * h * (self.num_heads * 2 + self.num_kv_heads * 2)
+        if self.qkv_bias:
+            attn += h * (self.num_heads + 2 * self.num_kv_heads)
+        per_layer = attn + 3 * d * f + 2 * d
+        head = 0 if self.tie_embeddings else d * self.vocab_size
+        return self.vocab_size * d + self.num_layers * per_layer + d + head
+
+    def flops_per_token(self, context_len: int = 0) -> int:
+        """Forward FLOPs for one token attending to ``context_len`` positions.
+
+        2 FLOPs per multiply-add of every matmul weight (attention projections, MLP and the
+        output projection; the embedding lookup is free), plus the QK^T and PV products.
+        """
+        d, f, h = self.d_model, self.mlp_dim, self.head_dim
+        attn_proj = d * h * (self.num_heads * 2 + self.num_kv_heads * 2)
+        matmul_params = self.num_layers * (attn_proj + 3 * d * f) + self.vocab_size * d
+        attn = 2 * 2 * self.num_layers * self.num_heads * h * context_len
+        return 2 * matmul_params + attn
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How the sampler draws tokens.
+
+    Attributes:
+      strategy: "greedy", "temperature", "top_k" or "top_p".
+      temperature: softmax temperature (> 0) for the sampling strategies.
+      top_k: k for "top_k".
+      top_p: nucleus mass in (0, 1] for "top_p".
+      max_new_tokens: token budget per row (the static size of the output buffer).
+    """
+
+    strategy: str = "temperature"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+
+    def __post_init__(self):
+        _check(self.max_new_tokens >= 1,
+               f"decode.max_new_tokens={self.max_new_tokens} must be >= 1")
+
+
+T = TypeVar("T")
+
+
+def _resolve_type(tp: Any) -> Any:
+    if isinstance(tp, str):
+        return eval(tp, globals())  # noqa: S307 - annotations of this module only
+    return tp
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any] | None) -> T:
+    """Builds the dataclass ``cls`` from a (possibly nested) mapping, e.g. a ConfigDict.
+
+    Unknown keys raise a ``ValueError`` listing the valid ones, so a typo in a command
+    line override (``--config.model.dmodel=8``) fails at once.
+    """
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid fields: "
+                         f"{sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        tp = _resolve_type(hints[name])
+        if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+            tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            value = from_dict(tp, value)
+        elif typing.get_origin(tp) is tuple and value is not None:
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The inverse of :func:`from_dict`: plain nested dicts (JSON-serialisable)."""
+    return dataclasses.asdict(cfg)

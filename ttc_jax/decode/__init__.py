@@ -1,0 +1,17 @@
+"""Decoding: sampling strategies and the jit-compiled prefill + while_loop sampler."""
+
+from ttc_jax.decode.sampler import DecodeState, SampleOutput, decode, prefill, sample
+from ttc_jax.decode.sampling import (
+    STRATEGIES,
+    Greedy,
+    SamplingStrategy,
+    Temperature,
+    TopK,
+    TopP,
+    get_strategy,
+)
+
+__all__ = [
+    "STRATEGIES", "DecodeState", "Greedy", "SampleOutput", "SamplingStrategy", "Temperature",
+    "TopK", "TopP", "decode", "get_strategy", "prefill", "sample",
+]

@@ -1,0 +1,83 @@
+"""The KV cache: fixed-size buffers with a per-row length.
+
+Every row of a batch holds its valid tokens as a prefix of the cache (right padding), so
+rows may sit at different positions: beams and candidates diverge in length. Writing new
+tokens is a scatter at ``lengths[b] + t``; positions past the capacity are dropped, never
+wrapped, and the caller checks capacity before decoding (see ``ttc_jax.decode``).
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from ttc_jax.config import ModelConfig
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer.
+
+    Attributes:
+      k: [L, B, S, K, H] keys (RoPE applied).
+      v: [L, B, S, K, H] values.
+      lengths: [B] int32, number of valid positions of each row (its next write position).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    lengths: jax.Array
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, batch: int, capacity: int | None = None) -> KVCache:
+        capacity = capacity or cfg.max_seq_len
+        shape = (cfg.num_layers, batch, capacity, cfg.num_kv_heads, cfg.head_dim)
+        zeros = jnp.zeros(shape, cfg.jnp_dtype)
+        return cls(k=zeros, v=zeros, lengths=jnp.zeros((batch,), jnp.int32))
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def repeat(self, n: int) -> KVCache:
+        """Each row repeated n times consecutively: rows [B] -> [B*n] (b*n + i is copy i)."""
+        return KVCache(k=jnp.repeat(self.k, n, axis=1), v=jnp.repeat(self.v, n, axis=1),
+                       lengths=jnp.repeat(self.lengths, n, axis=0))
+
+    def gather(self, rows: jax.Array) -> KVCache:
+        """Reorders rows by parent index: new row r is old row ``rows[r]`` ([B'] int)."""
+        return KVCache(k=jnp.take(self.k, rows, axis=1), v=jnp.take(self.v, rows, axis=1),
+                       lengths=jnp.take(self.lengths, rows, axis=0))
+
+
+def write_positions(lengths: jax.Array, num_new: jax.Array, width: int,
+                    capacity: int) -> jax.Array:
+    """Cache slots for ``width`` new tokens per row: [B, T] int32.
+
+    Token t of row b goes to ``lengths[b] + t`` when ``t < num_new[b]``; other tokens
+    (padding of the new block) get ``capacity``, an out-of-bounds slot that a
+    ``mode='drop'`` scatter ignores.
+    """
+    t = jnp.arange(width, dtype=jnp.int32)[None, :]
+    pos = lengths[:, None] + t
+    return jnp.where(t < num_new[:, None], pos, capacity)
+
+
+def update_layer(k_cache: jax.Array, v_cache: jax.Array, k_new: jax.Array, v_new: jax.Array,
+                 slots: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Scatters one layer's new keys/values into its cache.
+
+    Args:
+      k_cache, v_cache: [B, S, K, H].
+      k_new, v_new: [B, T, K, H].
+      slots: [B, T] from :func:`write_positions` (out-of-bounds slots are dropped).
+    """
+    rows = jnp.arange(k_cache.shape[0])[:, None]
+    k_cache = k_cache.at[rows, slots].set(k_new.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[rows, slots].set(v_new.astype(v_cache.dtype), mode="drop")
+    return k_cache, v_cache

@@ -1,0 +1,261 @@
+"""A Llama-style decoder in Flax NNX: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Shapes use letters: B batch, T new tokens, S cache slots, D d_model, N query heads,
+K kv heads, G = N/K query heads per kv head, H head_dim, F mlp_dim, V vocab, L layers.
+
+Every parameter carries logical axis names (``out_sharding`` metadata); one rules table
+in ``ttc_jax.parallel`` maps them to mesh axes. Layers are created stacked (``nnx.vmap``,
+leading ``layers`` axis) and run with ``jax.lax.scan``, so pipeline stages are a reshape
+of the layer axis.
+
+Two ways to run the stack:
+  * ``model(tokens)``: a full right-padded sequence with a causal mask (training).
+  * ``model.extend(tokens, cache, num_new)``: append ``num_new[b]`` tokens to each row of
+    a KV cache and return their logits. Prefill (empty cache), one-token decode (T=1),
+    speculative verification and incremental PRM scoring are all this one call.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ttc_jax.config import ModelConfig
+from ttc_jax.models.cache import KVCache, update_layer, write_positions
+
+_NEG_INF = -1e30
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], dtype,
+           std: float | None = None, zeros: bool = False, ones: bool = False) -> nnx.Param:
+    """A parameter with logical axis names; sharding is applied later by ttc_jax.parallel."""
+    if zeros:
+        value = jnp.zeros(shape, dtype)
+    elif ones:
+        value = jnp.ones(shape, dtype)
+    else:
+        value = (std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape)).astype(dtype)
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = _param(rngs, (dim,), ("embed",), param_dtype, ones=True)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, rotate-half convention (as Hugging Face Llama).
+
+    Args:
+      x: [B, T, heads, H].
+      positions: [B, T] int absolute positions.
+    """
+    half = x.shape[-1] // 2
+    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+    angle = positions.astype(jnp.float32)[..., None] * freq  # [B, T, H/2]
+    sin = jnp.sin(angle)[:, :, None, :]
+    cos = jnp.cos(angle)[:, :, None, :]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention.
+
+    Args:
+      q: [B, T, N, H]; k, v: [B, S, K, H]; mask: [B, T, S] bool (True = may attend).
+    Returns:
+      [B, T, N, H].
+    """
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, n // kv, h)  # [B, T, K, G, H]
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) * h**-0.5
+    logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return out.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, n, k, h, pd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, \
+            cfg.jnp_param_dtype
+        self.cfg = cfg
+        self.q = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), pd, std=d**-0.5)
+        self.k = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd, std=d**-0.5)
+        self.v = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), pd, std=d**-0.5)
+        self.o = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), pd,
+                        std=(n * h * 2 * cfg.num_layers) ** -0.5)
+        if cfg.qkv_bias:
+            self.q_bias = _param(rngs, (n, h), ("heads", "head_dim"), pd, zeros=True)
+            self.k_bias = _param(rngs, (k, h), ("kv_heads", "head_dim"), pd, zeros=True)
+            self.v_bias = _param(rngs, (k, h), ("kv_heads", "head_dim"), pd, zeros=True)
+
+    def project_qkv(self, x: jax.Array, positions: jax.Array):
+        """x: [B, T, D] -> q [B, T, N, H], k and v [B, T, K, H] (RoPE applied to q, k)."""
+        dt = x.dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
+        k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
+        v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))
+        if self.cfg.qkv_bias:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        q = apply_rope(q, positions, self.cfg.rope_theta)
+        k = apply_rope(k, positions, self.cfg.rope_theta)
+        return q, k, v
+
+    def out(self, y: jax.Array) -> jax.Array:
+        """y: [B, T, N, H] -> [B, T, D]."""
+        return jnp.einsum("BTNH,NHD->BTD", y, self.o[...].astype(y.dtype))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, pd = cfg.d_model, cfg.mlp_dim, cfg.jnp_param_dtype
+        self.gate = _param(rngs, (d, f), ("embed", "mlp"), pd, std=d**-0.5)
+        self.up = _param(rngs, (d, f), ("embed", "mlp"), pd, std=d**-0.5)
+        self.down = _param(rngs, (f, d), ("mlp", "embed"), pd,
+                           std=(f * 2 * cfg.num_layers) ** -0.5)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = x.dtype
+        g = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(dt))
+        u = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(dt))
+        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(g) * u, self.down[...].astype(dt))
+
+
+class Block(nnx.Module):
+    """One pre-norm decoder block."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pd = cfg.jnp_param_dtype
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+                 kv: tuple[jax.Array, jax.Array] | None = None,
+                 slots: jax.Array | None = None):
+        """x: [B, T, D]; positions [B, T]; mask [B, T, T] (no cache) or [B, T, S] (cache).
+
+        With ``kv`` ([B, S, K, H] each) the new keys/values are written at ``slots`` and
+        attention reads the whole cache. Returns (x, kv).
+        """
+        q, k, v = self.attn.project_qkv(self.attn_norm(x), positions)
+        if kv is not None:
+            kv = update_layer(kv[0], kv[1], k, v, slots)
+            k, v = kv
+        x = x + self.attn.out(attend(q, k, v, mask))
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, kv
+
+
+class Transformer(nnx.Module):
+    """The decoder: embed -> L stacked blocks (scan) -> final norm -> logits."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = cfg.jnp_param_dtype
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pd,
+                            std=cfg.d_model**-0.5)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0,
+                  transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(rngs: nnx.Rngs) -> Block:
+            return Block(cfg, rngs=rngs)
+
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd,
+                                  std=cfg.d_model**-0.5)
+
+    # -- pieces -------------------------------------------------------------------------
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.jnp_dtype)
+
+    def logits_from_hidden(self, h: jax.Array) -> jax.Array:
+        """h: [B, T, D] (after the final norm) -> [B, T, V] float32 logits."""
+        if self.cfg.tie_embeddings:
+            w = self.embed[...].astype(h.dtype)
+            return jnp.einsum("BTD,VD->BTV", h, w).astype(jnp.float32)
+        return jnp.einsum("BTD,DV->BTV", h, self.lm_head[...].astype(h.dtype)).astype(
+            jnp.float32)
+
+    def _run_layers(self, x, positions, mask, cache: KVCache | None, slots=None):
+        graphdef, layer_state = nnx.split(self.layers)
+
+        if cache is None:
+            def body(x, state):
+                x, _ = nnx.merge(graphdef, state)(x, positions, mask)
+                return x, None
+            x, _ = jax.lax.scan(body, x, layer_state)
+            return x, None
+
+        def body_cached(x, xs):
+            state, k, v = xs
+            x, (k, v) = nnx.merge(graphdef, state)(x, positions, mask, (k, v), slots)
+            return x, (k, v)
+        x, (k, v) = jax.lax.scan(body_cached, x, (layer_state, cache.k, cache.v))
+        return x, (k, v)
+
+    # -- call modes ---------------------------------------------------------------------
+
+    def hidden(self, tokens: jax.Array) -> jax.Array:
+        """Full-sequence pass. tokens: [B, T] right-padded -> [B, T, D] final hidden states.
+
+        With right padding a causal mask is enough: a real token only sees earlier real
+        tokens; outputs at padding positions are garbage and must be masked by the caller.
+        """
+        b, t = tokens.shape
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+        x, _ = self._run_layers(self._embed(tokens), positions, mask, None)
+        return self.final_norm(x)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens: [B, T] -> logits [B, T, V] (float32)."""
+        return self.logits_from_hidden(self.hidden(tokens))
+
+    def extend_hidden(self, tokens: jax.Array, cache: KVCache,
+                      num_new: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """Appends tokens to the cache. tokens: [B, T]; num_new: [B] valid tokens per row
+        (default T). Token t of row b sits at position ``cache.lengths[b] + t``.
+
+        Returns ([B, T, D] final hidden states, the updated cache with lengths + num_new).
+        Outputs for t >= num_new[b] are garbage.
+        """
+        b, t = tokens.shape
+        if num_new is None:
+            num_new = jnp.full((b,), t, jnp.int32)
+        num_new = num_new.astype(jnp.int32)
+        positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T]
+        slots = write_positions(cache.lengths, num_new, t, cache.capacity)
+        mask = jnp.arange(cache.capacity)[None, None, :] <= positions[:, :, None]  # [B, T, S]
+        x, (k, v) = self._run_layers(self._embed(tokens), positions, mask, cache, slots)
+        new_cache = KVCache(k=k, v=v, lengths=cache.lengths + num_new)
+        return self.final_norm(x), new_cache
+
+    def extend(self, tokens: jax.Array, cache: KVCache,
+               num_new: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """Like :meth:`extend_hidden` but returns logits [B, T, V]."""
+        h, cache = self.extend_hidden(tokens, cache, num_new)
+        return self.logits_from_hidden(h), cache
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    """A freshly initialised model (parameters on the default device, unsharded)."""
+    return Transformer(cfg, rngs=nnx.Rngs(params=seed))
