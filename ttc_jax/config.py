@@ -165,3 +165,57 @@ def from_dict(cls: type[T], values: Mapping[str, Any] | None) -> T:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The inverse of :func:`from_dict`: plain nested dicts (JSON-serialisable)."""
     return dataclasses.asdict(cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop.
+
+    Attributes:
+      seed: one seed for init and data; the data of step s is a pure function of (seed, s).
+      batch_size: sequences per step.
+      num_steps: total optimizer steps (may be raised when resuming to extend a run).
+      learning_rate: peak AdamW learning rate (after linear warmup, cosine decay to
+        ``end_lr_fraction`` of it).
+      warmup_steps, end_lr_fraction, weight_decay, grad_clip (global norm; 0 = off),
+      b1, b2: optimizer settings.
+      ema_decay: exponential moving average of the weights (0 = off).
+      difficulty_min, difficulty_max: training difficulties (inclusive).
+      num_buckets: difficulties are split into this many contiguous groups; each step
+        draws its batch from one group, so padding stays small.
+      bucket_multiple: sequence widths are rounded up to a multiple of this (few shapes).
+      save_every, keep_checkpoints: checkpoint cadence and retention.
+      log_every, eval_every: metric cadence (eval = greedy accuracy on held-out problems).
+      eval_problems: held-out problems per difficulty for the periodic eval.
+    """
+
+    seed: int = 0
+    batch_size: int = 64
+    num_steps: int = 5000
+    learning_rate: float = 3e-3
+    warmup_steps: int = 200
+    end_lr_fraction: float = 0.05
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    b1: float = 0.9
+    b2: float = 0.99
+    ema_decay: float = 0.0
+    difficulty_min: int = 1
+    difficulty_max: int = 8
+    num_buckets: int = 4
+    bucket_multiple: int = 16
+    save_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_problems: int = 50
+
+    def __post_init__(self):
+        for name in ("batch_size", "num_steps", "save_every", "log_every", "num_buckets",
+                     "bucket_multiple", "difficulty_min"):
+            _check(getattr(self, name) >= 1, f"train.{name}={getattr(self, name)} must be >= 1")
+        _check(self.difficulty_max >= self.difficulty_min,
+               f"train.difficulty_max={self.difficulty_max} < difficulty_min="
+               f"{self.difficulty_min}")
+        _check(0.0 <= self.ema_decay < 1.0, f"train.ema_decay={self.ema_decay} must be in [0, 1)")
+        _check(self.learning_rate > 0, f"train.learning_rate={self.learning_rate} must be > 0")

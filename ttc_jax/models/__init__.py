@@ -1,6 +1,9 @@
-"""Models: the Llama-style decoder, its KV cache, and the process reward model."""
+"""Models: the Llama-style decoder, its KV cache, the process reward model, export/load."""
 
 from ttc_jax.models.cache import KVCache
+from ttc_jax.models.io import load_model, save_model
+from ttc_jax.models.prm import ProcessRewardModel, init_prm
 from ttc_jax.models.transformer import Transformer, apply_rope, attend, init_model
 
-__all__ = ["KVCache", "Transformer", "apply_rope", "attend", "init_model"]
+__all__ = ["KVCache", "ProcessRewardModel", "Transformer", "apply_rope", "attend", "init_model",
+           "init_prm", "load_model", "save_model"]

@@ -1,0 +1,1 @@
+"""Evaluation: sampling task problems, accuracy, PRM quality, the demo table."""
