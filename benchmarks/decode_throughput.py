@@ -1,7 +1,10 @@
 """Decode throughput: the one-jit while_loop sampler vs a Python loop of jitted steps.
 
-Both generate N=16 samples x 128 new tokens from one prompt with the same tiny model; runs
-alternate so machine noise hits both. Prints tokens/s of each and the ratio:
+Both generate N=16 samples x 128 new tokens from one prompt with the same tiny model and
+the same stopping rule (each row stops at a stop token; the loop ends when every row is
+done, which the Python loop must check on the host after each step, as a host-driven
+sampler does). A stop token the model never emits keeps every row running for the full
+128 tokens, so both do identical work. Runs alternate so machine noise hits both.
 
   RESULT decode_vs_python_loop=<ours / python loop>
 """
@@ -23,11 +26,12 @@ N, NEW, REPEATS = 16, 128, 5
 CFG = ModelConfig(vocab_size=21, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                   head_dim=16, mlp_dim=256, max_seq_len=192)
 PROMPT = [1, 18, 19, 4, 5, 6, 13, 7, 20]
+STOP = (CFG.vocab_size,)  # an id the model never emits: every row runs all NEW tokens
 
 
 def ours(model, rng):
     out = sample(model, [PROMPT], n=N, rng=rng, max_new_tokens=NEW, strategy=Temperature(1.0),
-                 stop_tokens=(), capacity=len(PROMPT) + NEW)
+                 stop_tokens=STOP, capacity=len(PROMPT) + NEW)
     return jax.block_until_ready(out.tokens)
 
 
@@ -43,18 +47,21 @@ def make_python_loop(model):
                        max_new_tokens=1)
 
     @functools.partial(jax.jit, donate_argnums=1)
-    def step(params, cache, logits, rng):
+    def step(params, cache, logits, done, rng, i):
         m = nnx.merge(graphdef, params)
-        tok = strategy.sample(logits, rng)
-        logits, cache = m.extend(tok[:, None], cache)
-        return tok, logits[:, 0], cache
+        tok = strategy.sample(logits, jax.random.fold_in(rng, i))
+        logits, cache = m.extend(tok[:, None], cache, (~done).astype(jnp.int32))
+        done = done | jnp.isin(tok, jnp.asarray(STOP))
+        return jnp.where(done, 0, tok), logits[:, 0], cache, done
 
     def run(rng):
         s = start(params)
-        cache, logits, toks = s.cache, s.logits, []
+        cache, logits, done, toks = s.cache, s.logits, s.done, []
         for i in range(NEW):
-            tok, logits, cache = step(params, cache, logits, jax.random.fold_in(rng, i))
+            tok, logits, cache, done = step(params, cache, logits, done, rng, i)
             toks.append(tok)
+            if bool(done.all()):  # the host decides when to stop: one sync per step
+                break
         return jax.block_until_ready(jnp.stack(toks, 1))
 
     return run

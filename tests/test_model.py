@@ -82,7 +82,7 @@ def test_extend_with_num_new_zero_leaves_row_unchanged(model):
     _, after = model.extend(tokens[:, :2], cache, jnp.asarray([0, 2]))
     np.testing.assert_array_equal(after.lengths, [6, 8])
     np.testing.assert_array_equal(after.k[:, 0], cache.k[:, 0])
-    assert not np.allclose(after.k[:, 1, 6:8], cache.k[:, 1, 6:8])
+    assert not np.allclose(after.k[:, 1, :, 6:8], cache.k[:, 1, :, 6:8])
 
 
 def test_cache_repeat_and_gather_move_whole_rows(model):

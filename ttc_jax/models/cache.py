@@ -20,8 +20,9 @@ class KVCache:
     """Keys and values of every layer.
 
     Attributes:
-      k: [L, B, S, K, H] keys (RoPE applied).
-      v: [L, B, S, K, H] values.
+      k: [L, B, K, S, H] keys (RoPE applied). Slots S sit next to H so attention reads
+        the cache with no transpose (batch dims B, K lead the QK^T and PV products).
+      v: [L, B, K, S, H] values.
       lengths: [B] int32, number of valid positions of each row (its next write position).
     """
 
@@ -32,7 +33,7 @@ class KVCache:
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, capacity: int | None = None) -> KVCache:
         capacity = capacity or cfg.max_seq_len
-        shape = (cfg.num_layers, batch, capacity, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, capacity, cfg.head_dim)
         zeros = jnp.zeros(shape, cfg.jnp_dtype)
         return cls(k=zeros, v=zeros, lengths=jnp.zeros((batch,), jnp.int32))
 
@@ -42,7 +43,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     def repeat(self, n: int) -> KVCache:
         """Each row repeated n times consecutively: rows [B] -> [B*n] (b*n + i is copy i)."""
@@ -70,14 +71,21 @@ def write_positions(lengths: jax.Array, num_new: jax.Array, width: int,
 
 def update_layer(k_cache: jax.Array, v_cache: jax.Array, k_new: jax.Array, v_new: jax.Array,
                  slots: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Scatters one layer's new keys/values into its cache.
+    """Writes one layer's new keys/values into its cache.
 
     Args:
-      k_cache, v_cache: [B, S, K, H].
+      k_cache, v_cache: [B, K, S, H].
       k_new, v_new: [B, T, K, H].
       slots: [B, T] from :func:`write_positions` (out-of-bounds slots are dropped).
     """
-    rows = jnp.arange(k_cache.shape[0])[:, None]
-    k_cache = k_cache.at[rows, slots].set(k_new.astype(k_cache.dtype), mode="drop")
-    v_cache = v_cache.at[rows, slots].set(v_new.astype(v_cache.dtype), mode="drop")
+    if k_new.shape[1] == 1:
+        # One token (decode): a fused select over the cache, which attention reads whole
+        # anyway; cheaper than a scatter plus the layout copies it brings.
+        hit = (slots[:, 0, None] == jnp.arange(k_cache.shape[2]))[:, None, :, None]  # [B,1,S,1]
+        k_cache = jnp.where(hit, k_new.transpose(0, 2, 1, 3).astype(k_cache.dtype), k_cache)
+        v_cache = jnp.where(hit, v_new.transpose(0, 2, 1, 3).astype(v_cache.dtype), v_cache)
+        return k_cache, v_cache
+    rows = jnp.arange(k_cache.shape[0])[:, None]  # [B, 1]; indexed dims -> [B, T, K, H]
+    k_cache = k_cache.at[rows, :, slots].set(k_new.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[rows, :, slots].set(v_new.astype(v_cache.dtype), mode="drop")
     return k_cache, v_cache

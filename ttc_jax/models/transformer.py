@@ -50,18 +50,29 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_tables(positions: jax.Array, head_dim: int, theta: float):
+    """(sin, cos), each [B, T, 1, H/2] float32, for absolute positions [B, T].
+
+    Computed once per call and shared by every layer.
+    """
+    half = head_dim // 2
+    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+    angle = positions.astype(jnp.float32)[..., None] * freq  # [B, T, H/2]
+    return jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+
+
+def apply_rope(x: jax.Array, positions_or_tables, theta: float = 10_000.0) -> jax.Array:
     """Rotary embedding, rotate-half convention (as Hugging Face Llama).
 
     Args:
       x: [B, T, heads, H].
-      positions: [B, T] int absolute positions.
+      positions_or_tables: [B, T] int absolute positions, or ``rope_tables(...)``.
     """
     half = x.shape[-1] // 2
-    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
-    angle = positions.astype(jnp.float32)[..., None] * freq  # [B, T, H/2]
-    sin = jnp.sin(angle)[:, :, None, :]
-    cos = jnp.cos(angle)[:, :, None, :]
+    if isinstance(positions_or_tables, tuple):
+        sin, cos = positions_or_tables
+    else:
+        sin, cos = rope_tables(positions_or_tables, x.shape[-1], theta)
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -71,17 +82,18 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     """Grouped-query attention.
 
     Args:
-      q: [B, T, N, H]; k, v: [B, S, K, H]; mask: [B, T, S] bool (True = may attend).
+      q: [B, T, N, H]; k, v: [B, K, S, H] (cache layout); mask: [B, T, S] bool
+        (True = may attend).
     Returns:
       [B, T, N, H].
     """
     b, t, n, h = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     q = q.reshape(b, t, kv, n // kv, h)  # [B, T, K, G, H]
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) * h**-0.5
+    logits = jnp.einsum("BTKGH,BKSH->BKGTS", q, k).astype(jnp.float32) * h**-0.5
     logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
     return out.reshape(b, t, n, h)
 
 
@@ -100,8 +112,11 @@ class Attention(nnx.Module):
             self.k_bias = _param(rngs, (k, h), ("kv_heads", "head_dim"), pd, zeros=True)
             self.v_bias = _param(rngs, (k, h), ("kv_heads", "head_dim"), pd, zeros=True)
 
-    def project_qkv(self, x: jax.Array, positions: jax.Array):
-        """x: [B, T, D] -> q [B, T, N, H], k and v [B, T, K, H] (RoPE applied to q, k)."""
+    def project_qkv(self, x: jax.Array, rope):
+        """x: [B, T, D] -> q [B, T, N, H], k and v [B, T, K, H] (RoPE applied to q, k).
+
+        ``rope`` is ``rope_tables(positions, H, theta)``.
+        """
         dt = x.dtype
         q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
         k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
@@ -110,8 +125,8 @@ class Attention(nnx.Module):
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
-        q = apply_rope(q, positions, self.cfg.rope_theta)
-        k = apply_rope(k, positions, self.cfg.rope_theta)
+        q = apply_rope(q, rope)
+        k = apply_rope(k, rope)
         return q, k, v
 
     def out(self, y: jax.Array) -> jax.Array:
@@ -144,18 +159,21 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+    def __call__(self, x: jax.Array, rope, mask: jax.Array,
                  kv: tuple[jax.Array, jax.Array] | None = None,
                  slots: jax.Array | None = None):
-        """x: [B, T, D]; positions [B, T]; mask [B, T, T] (no cache) or [B, T, S] (cache).
+        """x: [B, T, D]; rope: (sin, cos) tables of the positions; mask [B, T, T] (no cache)
+        or [B, T, S] (cache).
 
-        With ``kv`` ([B, S, K, H] each) the new keys/values are written at ``slots`` and
+        With ``kv`` ([B, K, S, H] each) the new keys/values are written at ``slots`` and
         attention reads the whole cache. Returns (x, kv).
         """
-        q, k, v = self.attn.project_qkv(self.attn_norm(x), positions)
+        q, k, v = self.attn.project_qkv(self.attn_norm(x), rope)
         if kv is not None:
             kv = update_layer(kv[0], kv[1], k, v, slots)
             k, v = kv
+        else:
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, H]
         x = x + self.attn.out(attend(q, k, v, mask))
         x = x + self.mlp(self.mlp_norm(x))
         return x, kv
@@ -197,19 +215,24 @@ class Transformer(nnx.Module):
 
     def _run_layers(self, x, positions, mask, cache: KVCache | None, slots=None):
         graphdef, layer_state = nnx.split(self.layers)
+        rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
 
         if cache is None:
             def body(x, state):
-                x, _ = nnx.merge(graphdef, state)(x, positions, mask)
+                x, _ = nnx.merge(graphdef, state)(x, rope, mask)
                 return x, None
             x, _ = jax.lax.scan(body, x, layer_state)
             return x, None
 
         def body_cached(x, xs):
             state, k, v = xs
-            x, (k, v) = nnx.merge(graphdef, state)(x, positions, mask, (k, v), slots)
+            x, (k, v) = nnx.merge(graphdef, state)(x, rope, mask, (k, v), slots)
             return x, (k, v)
-        x, (k, v) = jax.lax.scan(body_cached, x, (layer_state, cache.k, cache.v))
+        # One-token decode runs the layers unrolled: per-iteration loop overhead dominates
+        # such tiny steps (on CPU ~30% of a decode step for the small configs).
+        unroll = x.shape[1] == 1
+        x, (k, v) = jax.lax.scan(body_cached, x, (layer_state, cache.k, cache.v),
+                                 unroll=unroll)
         return x, (k, v)
 
     # -- call modes ---------------------------------------------------------------------
