@@ -149,3 +149,28 @@ def test_unknown_kind_and_vocab_mismatch_fail_early(tmp_path):
     cfg["model"]["vocab_size"] = 30
     with pytest.raises(ValueError, match="vocab_size=21"):
         train(cfg, tmp_path / "b")
+
+
+def test_data_parallel_train_steps_match_one_device():
+    """Batch split over a 2-device `data` axis: same params as one device (1e-5)."""
+    from ttc_jax.config import MeshConfig
+    from ttc_jax.parallel import make_mesh, replicated, shard_batch
+
+    mc = ModelConfig(**TINY)
+    tc = TrainConfig(batch_size=8, difficulty_max=2)
+    tx = make_optimizer(tc)
+    graphdef, one = create_state(init_model(mc), tc, tx)
+    _, two = create_state(init_model(mc), tc, tx)  # own buffers: the step donates its input
+    step = make_train_step(graphdef, lm_loss, tx)
+    mesh = make_mesh(MeshConfig(data=2), jax.devices()[:2])
+    two = jax.device_put(two, replicated(mesh))
+    for s in range(3):
+        batch = data.lm_batch(TASK, tc, s)
+        one, _ = step(one, batch)
+        two, _ = step(two, shard_batch(batch, mesh))
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="not divisible by mesh.data=2"):
+        shard_batch({"tokens": np.zeros((3, 4))}, mesh)
+    with pytest.raises(ValueError, match=r"data\*model\*stage=4\*1\*1=4 but 2 devices"):
+        make_mesh(MeshConfig(data=4), jax.devices()[:2])

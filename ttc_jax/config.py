@@ -219,3 +219,101 @@ class TrainConfig:
                f"{self.difficulty_min}")
         _check(0.0 <= self.ema_decay < 1.0, f"train.ema_decay={self.ema_decay} must be in [0, 1)")
         _check(self.learning_rate > 0, f"train.learning_rate={self.learning_rate} must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape: data x model (tensor) x stage (pipeline) parallelism.
+
+    The product must equal the number of devices used (checked by
+    ``ttc_jax.parallel.make_mesh`` with the devices at hand).
+    """
+
+    data: int = 1
+    model: int = 1
+    stage: int = 1
+
+    def __post_init__(self):
+        for name in ("data", "model", "stage"):
+            _check(getattr(self, name) >= 1, f"mesh.{name}={getattr(self, name)} must be >= 1")
+
+    @property
+    def size(self) -> int:
+        return self.data * self.model * self.stage
+
+
+SEARCH_METHODS = ("majority", "best_of_n", "weighted_best_of_n", "beam", "dvts", "lookahead")
+SEARCH_AGGREGATIONS = ("last", "min", "prod", "mean")
+_TREE_METHODS = ("beam", "dvts", "lookahead")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Test-time search over N candidate solutions per problem (``ttc_jax.search``).
+
+    Attributes:
+      method: one of ``SEARCH_METHODS``. ``majority``, ``best_of_n`` and
+        ``weighted_best_of_n`` sample N whole solutions; ``beam``, ``dvts`` and
+        ``lookahead`` (beam search whose scores look ``lookahead`` greedy steps ahead)
+        grow solutions one step per iteration under the PRM.
+      n: N, candidate rows per problem (the compute budget).
+      beam_width: M. Beam search keeps the top N/M active beams and expands each into M;
+        DVTS runs N/M independent subtrees of M candidates each. N % M == 0, M <= N.
+      max_steps: search iterations of the tree methods; the last one generates every
+        active beam to its end (as search-and-learn does). Unused by the sampling methods.
+      max_step_tokens: per-step token cap (a step also ends at the step delimiter or eos);
+        also the width of each incremental PRM scoring block.
+      max_new_tokens: T, token budget of a whole solution (the static buffer size).
+      aggregation: step scores -> solution score: last, min, prod or mean.
+      temperature, top_p: sampling of the policy (top_p=1 disables the nucleus cut).
+      lookahead: greedy steps rolled out (and scored) before a candidate step is ranked.
+      filter_duplicates: beam search drops active beams whose text repeats an earlier one.
+      seed: one seed for the run; the sample of problem p depends only on (seed, p's id).
+    """
+
+    method: str = "best_of_n"
+    n: int = 16
+    beam_width: int = 4
+    max_steps: int = 12
+    max_step_tokens: int = 16
+    max_new_tokens: int = 128
+    aggregation: str = "last"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    lookahead: int = 0
+    filter_duplicates: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.method in SEARCH_METHODS,
+               f"search.method={self.method!r} is unknown; choose one of {list(SEARCH_METHODS)}")
+        _check(self.aggregation in SEARCH_AGGREGATIONS,
+               f"search.aggregation={self.aggregation!r} is unknown; choose one of "
+               f"{list(SEARCH_AGGREGATIONS)}")
+        _check(self.n >= 1, f"search.n={self.n} must be >= 1")
+        _check(self.beam_width >= 1, f"search.beam_width={self.beam_width} must be >= 1")
+        if self.method in _TREE_METHODS:
+            m = self.beam_width
+            _check(m <= self.n, f"beam_width={m} > n={self.n}: a beam width larger than the "
+                                f"number of beams; use beam_width <= {self.n} or raise n")
+            if self.n % m:
+                lo, hi = (self.n // m) * m, (self.n // m + 1) * m
+                tries = f"n={lo} or n={hi}" if lo else f"n={hi}"
+                raise ValueError(f"n={self.n} must be divisible by beam_width={m}; "
+                                 f"try {tries}")
+        _check(self.max_steps >= 1, f"search.max_steps={self.max_steps} must be >= 1 "
+                                    f"(search iterations of the tree methods)")
+        _check(self.max_step_tokens >= 1,
+               f"search.max_step_tokens={self.max_step_tokens} must be >= 1")
+        _check(self.max_new_tokens >= self.max_step_tokens,
+               f"search.max_new_tokens={self.max_new_tokens} must be >= max_step_tokens="
+               f"{self.max_step_tokens}")
+        _check(self.temperature > 0, f"search.temperature={self.temperature} must be > 0")
+        _check(0.0 < self.top_p <= 1.0, f"search.top_p={self.top_p} must be in (0, 1]")
+        _check(self.lookahead >= 0, f"search.lookahead={self.lookahead} must be >= 0")
+        _check(self.method != "lookahead" or self.lookahead >= 1,
+               "method='lookahead' needs lookahead >= 1 (e.g. --config.search.lookahead=2); "
+               "use method='beam' for plain beam search")
+        _check(self.lookahead == 0 or self.method in _TREE_METHODS,
+               f"lookahead={self.lookahead} only applies to beam, dvts and lookahead; "
+               f"set lookahead=0 for method={self.method!r}")

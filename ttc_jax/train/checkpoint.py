@@ -51,8 +51,11 @@ logger = logging.getLogger(__name__)
 
 PyTree = Any
 
-DEFAULT_IGNORE_KEYS: tuple[str, ...] = ("train.num_steps", "train.log_every")
-"""Config keys that may change between a run and its resumption (e.g. to extend a run)."""
+DEFAULT_IGNORE_KEYS: tuple[str, ...] = (
+    "train.num_steps", "train.log_every", "train.eval_every", "train.eval_problems",
+    "train.save_every", "train.keep_checkpoints")
+"""Config keys that may change between a run and its resumption: the length of the run
+(to extend it) and bookkeeping that does not change the weights."""
 
 STATE_ITEM = "state"
 META_ITEM = "meta"

@@ -9,10 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ttc_jax.config import ModelConfig, TrainConfig, from_dict
+import jax
+
+from ttc_jax.config import MeshConfig, ModelConfig, TrainConfig, from_dict
 from ttc_jax.eval.generate import greedy_accuracy
 from ttc_jax.models.io import save_model
 from ttc_jax.models.transformer import init_model
+from ttc_jax.parallel import make_mesh
 from ttc_jax.tasks import get_task
 from ttc_jax.train import data
 from ttc_jax.train.trainer import fit, lm_loss
@@ -24,6 +27,14 @@ KINDS = ("policy", "prm")
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
     return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def mesh_from(cfg: Mapping[str, Any]):
+    """The mesh of ``cfg['mesh']`` (data parallel training), or None for one device."""
+    if not cfg.get("mesh"):
+        return None
+    mesh_cfg = from_dict(MeshConfig, cfg["mesh"])
+    return None if mesh_cfg.size == 1 else make_mesh(mesh_cfg, jax.devices()[:mesh_cfg.size])
 
 
 def train_policy(cfg: Mapping[str, Any], workdir: str | Path, *, resume: bool = True):
@@ -47,7 +58,8 @@ def train_policy(cfg: Mapping[str, Any], workdir: str | Path, *, resume: bool = 
 
     model, state = fit(model, loss_fn=lm_loss,
                        batch_fn=lambda s: data.lm_batch(task, train_cfg, s), cfg=train_cfg,
-                       workdir=workdir, run_config=cfg, eval_fn=eval_fn, resume=resume)
+                       workdir=workdir, run_config=cfg, eval_fn=eval_fn, resume=resume,
+                       mesh=mesh_from(cfg))
     if int(state.step) >= train_cfg.num_steps:  # finished, not stopped by a signal
         save_model(model, Path(workdir) / "model", kind="policy")
     return model, state

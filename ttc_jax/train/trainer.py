@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from ttc_jax.config import TrainConfig
+from ttc_jax.parallel.mesh import replicated, shard_batch
 from ttc_jax.train.checkpoint import Checkpointer
 from ttc_jax.train.metrics import MetricsWriter, ProgressLine
 
@@ -123,7 +125,7 @@ def params_of(state: TrainState, use_ema: bool = True):
 def fit(model: nnx.Module, *, loss_fn: LossFn, batch_fn: Callable[[int], Batch],
         cfg: TrainConfig, workdir: str | Path, run_config: Mapping[str, Any],
         eval_fn: Callable[[nnx.Module, int], Mapping[str, float]] | None = None,
-        resume: bool = True) -> tuple[nnx.Module, TrainState]:
+        resume: bool = True, mesh: Mesh | None = None) -> tuple[nnx.Module, TrainState]:
     """Trains ``model`` for ``cfg.num_steps`` steps in ``workdir``, resuming if possible.
 
     Args:
@@ -134,12 +136,18 @@ def fit(model: nnx.Module, *, loss_fn: LossFn, batch_fn: Callable[[int], Batch],
         on resume.
       eval_fn: (model with current weights, step) -> metrics, every ``cfg.eval_every``.
       resume: False insists on a fresh workdir (error if it holds checkpoints).
+      mesh: data parallelism: the state is replicated and each batch split along the
+        mesh's ``data`` axis (gradients are all-reduced by the compiler).
     Returns:
       The model with the final weights (EMA when enabled) and the final TrainState.
     """
     workdir = Path(workdir)
     tx = make_optimizer(cfg)
     graphdef, state = create_state(model, cfg, tx)
+    place = lambda batch: batch
+    if mesh is not None:
+        state = jax.device_put(state, replicated(mesh))
+        place = lambda batch: shard_batch(batch, mesh)
     ckpt = Checkpointer(workdir, run_config, save_every=cfg.save_every,
                         keep=cfg.keep_checkpoints, resume=resume)
     state, meta = ckpt.maybe_restore(state)
@@ -154,7 +162,7 @@ def fit(model: nnx.Module, *, loss_fn: LossFn, batch_fn: Callable[[int], Batch],
     t0 = time.time()
     with ckpt.preemption_handler():
         for step in range(start, cfg.num_steps):
-            state, metrics = train_step(state, batch_fn(step))
+            state, metrics = train_step(state, place(batch_fn(step)))
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.num_steps:
                 window.append(jax.device_get(metrics))
