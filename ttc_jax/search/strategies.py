@@ -1,0 +1,220 @@
+"""The search strategies: frozen dataclasses (jit-static) with one method, ``run``.
+
+Each ``run(policy, prm, state, keys, kernel)`` takes the prefilled :class:`SearchState`
+over P problems x N rows and returns a :class:`SearchResult`; the tree methods are one
+``lax.while_loop`` over steps. They differ only in how rows are selected and expanded
+between calls of the shared step kernel (``ttc_jax.search.step``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ttc_jax.config import SearchConfig
+from ttc_jax.decode.sampling import SamplingStrategy, Temperature, TopP
+from ttc_jax.search.aggregate import aggregate
+from ttc_jax.search.result import SearchResult, Trace
+from ttc_jax.search.select import Pool, beam_parents, duplicates, dvts_parents
+from ttc_jax.search.state import SearchState
+from ttc_jax.search.step import fold_rows, step
+from ttc_jax.search.tokens import SearchTokens, answer_ids, row_hash
+from ttc_jax.search.vote import best_index, vote
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """How steps are generated: the sampler, the task's token ids, the per-step cap (also
+    the PRM scoring block width)."""
+
+    sampler: SamplingStrategy
+    spec: SearchTokens
+    step_tokens: int
+
+
+def _rows(x: jax.Array, p: int) -> jax.Array:
+    """[R, ...] -> [P, N, ...]."""
+    return x.reshape((p, -1) + x.shape[1:])
+
+
+def _finish(p: int, tokens, lengths, step_scores, num_steps, ended, valid, scores, chosen,
+            spec: SearchTokens, compute, trace=None) -> SearchResult:
+    answers = answer_ids(tokens.reshape(-1, tokens.shape[-1]), lengths.reshape(-1),
+                         spec).reshape(lengths.shape)
+    answers = jnp.where(valid, answers, -1)
+    answer = jnp.take_along_axis(answers, chosen[:, None], axis=1)[:, 0]
+    return SearchResult(chosen=chosen, answer=answer, tokens=tokens, lengths=lengths,
+                        answers=answers, scores=scores, step_scores=step_scores,
+                        num_steps=num_steps, valid=valid, ended=ended, compute=compute,
+                        trace=trace)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """N whole solutions per problem, then one rule: 'majority' (vote over answers),
+    'best_of_n' (highest aggregated PRM score) or 'weighted_best_of_n' (sum of aggregated
+    scores per distinct answer, argmax)."""
+
+    n: int
+    rule: str
+    aggregation: str = "last"
+
+    def run(self, policy, prm, s: SearchState, keys, kernel: Kernel) -> SearchResult:
+        p, t = s.compute.policy_tokens.shape[0], s.tokens.shape[1]
+        active = jnp.ones((s.rows,), bool)
+        s = step(policy, prm, s, fold_rows(keys, 0), active, strategy=kernel.sampler,
+                 spec=kernel.spec, cap=t, stop_at_delimiter=False, width=kernel.step_tokens)
+        agg = _rows(aggregate(s.step_scores, s.num_steps, self.aggregation), p)
+        tokens, lengths = _rows(s.tokens, p), _rows(s.num_tokens, p)
+        answers = answer_ids(s.tokens, s.num_tokens, kernel.spec).reshape(p, -1)
+        if self.rule == "majority":
+            _, chosen = vote(answers)
+        elif self.rule == "best_of_n":
+            chosen = best_index(agg)
+        elif self.rule == "weighted_best_of_n":
+            _, chosen = vote(answers, agg)
+        else:
+            raise ValueError(f"unknown rule {self.rule!r}; use majority, best_of_n or "
+                             f"weighted_best_of_n")
+        return _finish(p, tokens, lengths, _rows(s.step_scores, p), _rows(s.num_steps, p),
+                       _rows(s.ended, p), jnp.ones(lengths.shape, bool), agg, chosen,
+                       kernel.spec, s.compute)
+
+
+def _lookahead(policy, prm, s: SearchState, eligible, k: int, kernel: Kernel,
+               aggregation: str) -> tuple[jax.Array, SearchState]:
+    """Rolls eligible rows ``k`` steps further greedily, scoring each step, and returns
+    ([R] aggregated score over real + lookahead steps, s with the rollout's compute added).
+    The rollout itself is thrown away."""
+    def body(_, la):
+        return step(policy, prm, la, None, eligible, strategy=None, spec=kernel.spec,
+                    cap=kernel.step_tokens, stop_at_delimiter=True, width=kernel.step_tokens)
+
+    la = jax.lax.fori_loop(0, k, body, s)
+    return aggregate(la.step_scores, la.num_steps, aggregation), s.replace(compute=la.compute)
+
+
+def _empty_trace(steps: int, r: int) -> Trace:
+    zf = jnp.zeros((steps, r), jnp.float32)
+    zb = jnp.zeros((steps, r), bool)
+    return Trace(active=zb, score=zf, select_score=zf, completed=zb,
+                 hashes=jnp.zeros((steps, r), jnp.uint32),
+                 parents=jnp.zeros((steps, r), jnp.int32), iterations=jnp.int32(0))
+
+
+def _record(tr: Trace, i, **rows) -> Trace:
+    return tr.replace(iterations=i + 1,
+                      **{k: getattr(tr, k).at[i].set(v.reshape(-1)) for k, v in rows.items()})
+
+
+def _trace_rows(tr: Trace, p: int) -> Trace:
+    return jax.tree.map(lambda x: x.reshape(x.shape[0], p, -1) if x.ndim == 2 else x, tr)
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeSearch:
+    """PRM-guided step-level search.
+
+    kind='beam' (search-and-learn semantics): each iteration every active beam generates
+    one step and the PRM scores it; beams that ended go to the completed pool (best N
+    kept); the top N/M remaining beams survive and each is expanded into M children.
+    Stops when no beam is active or after ``max_steps`` iterations, the last of which
+    writes every active beam to its end. The chosen candidate is the completed beam with
+    the highest aggregated score.
+
+    kind='dvts': N/M independent subtrees of M rows; each iteration every row of a live
+    subtree generates one step and the subtree keeps its best row (copied to all M
+    slots); a subtree whose best row ended is finished. Returns one finished candidate per
+    subtree.
+
+    ``lookahead`` > 0 ranks a candidate step by the aggregated score after rolling ``k``
+    more steps out greedily (those tokens are then discarded).
+    """
+
+    kind: str
+    n: int
+    beam_width: int
+    max_steps: int
+    aggregation: str = "last"
+    lookahead: int = 0
+    filter_duplicates: bool = False
+
+    def run(self, policy, prm, s: SearchState, keys, kernel: Kernel) -> SearchResult:
+        if prm is None:
+            raise ValueError(f"{self.kind} search needs a PRM; pass prm=load_model('prm')")
+        p, t, steps = s.compute.policy_tokens.shape[0], s.tokens.shape[1], s.step_scores.shape[1]
+        n, m, c = self.n, self.beam_width, kernel.step_tokens
+        carry = (jnp.int32(0), s, Pool.empty(p, n, t, steps), _empty_trace(self.max_steps, p * n),
+                 jnp.ones((p,), bool))
+
+        def cond(carry):
+            i, _, _, _, live = carry
+            return (i < self.max_steps) & jnp.any(live)
+
+        def body(carry):
+            i, s, pool, tr, live = carry
+            last = i == self.max_steps - 1
+            active = ~s.done & jnp.repeat(live, n)
+            s = step(policy, prm, s, fold_rows(keys, i), active, strategy=kernel.sampler,
+                     spec=kernel.spec, cap=jnp.where(last, t, c), stop_at_delimiter=~last,
+                     width=c)
+            agg = aggregate(s.step_scores, s.num_steps, self.aggregation)  # [R]
+            completed = active & (s.done | last)
+            eligible = active & ~completed
+            hashes = row_hash(s.tokens, s.num_tokens)
+            if self.filter_duplicates:
+                eligible = eligible & ~duplicates(_rows(hashes, p), _rows(s.num_tokens, p),
+                                                  _rows(eligible, p)).reshape(-1)
+            sel = agg
+            if self.lookahead:
+                sel, s = _lookahead(policy, prm, s, eligible, self.lookahead, kernel,
+                                    self.aggregation)
+            if self.kind == "beam":
+                sel = jnp.where(eligible, sel, -jnp.inf)
+                pool = pool.merge(s, _rows(completed, p), _rows(agg, p))
+                parents, n_surv = beam_parents(_rows(sel, p), _rows(eligible, p), n // m)
+                live = n_surv > 0
+            else:
+                # Finished rows compete with their final score; live ones by ``sel``.
+                sel = jnp.where(active, jnp.where(completed, agg, sel), -jnp.inf)
+                parents = dvts_parents(_rows(sel, p), _rows(active, p), m)
+            rows = (jnp.arange(p, dtype=jnp.int32)[:, None] * n + parents).reshape(-1)
+            s = s.gather(rows)
+            if self.kind == "dvts":
+                live = ~jnp.all(_rows(s.done, p), axis=1)
+            tr = _record(tr, i, active=active, score=agg, select_score=sel,
+                         completed=completed, hashes=hashes, parents=parents)
+            return i + 1, s, pool, tr, live
+
+        _, s, pool, tr, _ = jax.lax.while_loop(cond, body, carry)
+        tr = _trace_rows(tr, p)
+        if self.kind == "beam":
+            chosen = best_index(pool.score, pool.valid)
+            return _finish(p, pool.tokens, pool.num_tokens, pool.step_scores, pool.num_steps,
+                           pool.ended, pool.valid, pool.score, chosen, kernel.spec,
+                           s.compute, tr)
+        g = n // m
+        first = lambda x: _rows(x, p).reshape((p, g, m) + x.shape[1:])[:, :, 0]
+        agg = first(aggregate(s.step_scores, s.num_steps, self.aggregation))
+        chosen = best_index(agg)
+        return _finish(p, first(s.tokens), first(s.num_tokens), first(s.step_scores),
+                       first(s.num_steps), first(s.ended), jnp.ones((p, g), bool), agg,
+                       chosen, kernel.spec, s.compute, tr)
+
+
+def make_strategy(cfg: SearchConfig) -> Sampling | TreeSearch:
+    """The strategy object of a SearchConfig (hashable: one compiled program per value)."""
+    if cfg.method in ("majority", "best_of_n", "weighted_best_of_n"):
+        return Sampling(n=cfg.n, rule=cfg.method, aggregation=cfg.aggregation)
+    kind = "dvts" if cfg.method == "dvts" else "beam"
+    return TreeSearch(kind=kind, n=cfg.n, beam_width=cfg.beam_width, max_steps=cfg.max_steps,
+                      aggregation=cfg.aggregation, lookahead=cfg.lookahead,
+                      filter_duplicates=cfg.filter_duplicates)
+
+
+def make_sampler(cfg: SearchConfig) -> SamplingStrategy:
+    if cfg.top_p < 1.0:
+        return TopP(cfg.top_p, cfg.temperature)
+    return Temperature(cfg.temperature)
