@@ -23,8 +23,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         policy="policy_small",   # shipped name or exported folder: whose samples to label
         init_from="teacher",     # trunk to start from ('' = random init)
         labels="exact",          # 'exact' (step checker) or 'mc' (Monte-Carlo rollouts)
+        pooling="step_min",      # step score: min over the step's tokens ('last': delimiter)
+        token_logprob=True,      # the head also reads the trunk's log-prob of each token
         mc_rollouts=8,
-        num_problems=2400,
+        num_problems=4000,
         samples_per_problem=8,
         temperature=1.0,
         eval_problems=25,

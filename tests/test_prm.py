@@ -8,7 +8,7 @@ import pytest
 from ttc_jax.config import ModelConfig, TrainConfig
 from ttc_jax.eval.prm_quality import aggregate_np, vote
 from ttc_jax.models import KVCache
-from ttc_jax.models.prm import init_prm
+from ttc_jax.models.prm import init_prm, segment_running_min
 from ttc_jax.tasks import get_task
 from ttc_jax.tasks.arithmetic import apply_op
 from ttc_jax.train import data
@@ -98,15 +98,40 @@ def test_step_end_positions_are_the_delimiters_and_a_cut_final_step():
         len(cut) - 1]
 
 
-def test_prm_incremental_scores_equal_full_scoring():
-    prm = init_prm(CFG, seed=1)
+@pytest.mark.parametrize("pooling, token_logprob", [("last", False), ("step_min", False),
+                                                    ("step_min", True)])
+def test_prm_incremental_scores_equal_full_scoring(pooling, token_logprob):
+    prm = init_prm(CFG, seed=1, pooling=pooling, step_delimiter_id=TOK.step_delimiter_id,
+                   token_logprob=token_logprob)
     prm.score_w[...] = jax.random.normal(jax.random.key(0), (CFG.d_model,))
     tokens = jax.random.randint(jax.random.key(2), (2, 20), 3, 21)
+    tokens = tokens.at[:, jnp.asarray([4, 8, 13])].set(TOK.step_delimiter_id)
     full = prm(tokens)
     cache = KVCache.init(CFG, 2, 32)
-    a, cache = prm.extend(tokens[:, :9], cache)
-    b, cache = prm.extend(tokens[:, 9:], cache)
-    np.testing.assert_allclose(jnp.concatenate([a, b], 1), full, atol=1e-5)
+    a, cache = prm.extend(tokens[:, :6], cache)  # blocks cut steps in the middle
+    b, cache = prm.extend(tokens[:, 6:11], cache)
+    c, cache = prm.extend(tokens[:, 11:], cache, jnp.asarray([9, 9]))
+    np.testing.assert_allclose(jnp.concatenate([a, b, c], 1), full, atol=1e-5)
+
+
+def test_step_min_pooling_is_the_minimum_over_each_steps_tokens():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 20, (3, 17))
+    tokens[:, [3, 9, 10]] = TOK.step_delimiter_id
+    values = rng.normal(size=(3, 17)).astype(np.float32)
+    pooled, carry = segment_running_min(jnp.asarray(values), jnp.asarray(tokens),
+                                        TOK.step_delimiter_id, jnp.full((3,), jnp.inf),
+                                        jnp.asarray([17, 17, 5]))
+    for b in range(3):
+        run = np.inf
+        for t in range(17):
+            run = min(run, values[b, t])
+            assert pooled[b, t] == pytest.approx(run)
+            if t == 16 and b < 2:
+                assert carry[b] == pytest.approx(run)
+            if tokens[b, t] == TOK.step_delimiter_id:
+                run = np.inf
+    assert carry[2] == pytest.approx(np.min(values[2, 4:5]))  # after 5 tokens
 
 
 def test_prm_loss_learns_to_separate_right_from_corrupted_steps():
@@ -143,3 +168,13 @@ def test_aggregations_and_votes_follow_their_definitions():
     assert vote(["1", "2"]) == "1"  # tie: first seen
     assert vote(["1", "2", "2"], [0.9, 0.3, 0.3]) == "1"  # 0.9 > 0.6
     assert vote([None, None]) is None
+
+
+def test_token_logprob_feature_is_the_trunks_log_prob_of_each_token():
+    prm = init_prm(CFG, seed=2, token_logprob=True)  # score_w = 0, score_b = 0, scale = 1
+    tokens = jax.random.randint(jax.random.key(3), (2, 12), 3, 21)
+    logp = jax.nn.log_softmax(prm.lm(tokens), axis=-1)
+    ref = jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+    out = prm(tokens)
+    np.testing.assert_allclose(out[:, 1:], ref, atol=1e-5)
+    np.testing.assert_allclose(out[:, 0], 0.0)

@@ -24,18 +24,27 @@ class KVCache:
         the cache with no transpose (batch dims B, K lead the QK^T and PV products).
       v: [L, B, K, S, H] values.
       lengths: [B] int32, number of valid positions of each row (its next write position).
+      carry: [B] float32 running state a model keeps across calls besides keys/values
+        (the PRM's step-local running minimum; +inf when none). Moves with the rows.
+      logp: [B, V] float32 log-probabilities the model predicted after each row's last
+        token (the PRM's token-probability feature needs them for the next call's first
+        token); zeros until a call writes them.
     """
 
     k: jax.Array
     v: jax.Array
     lengths: jax.Array
+    carry: jax.Array
+    logp: jax.Array
 
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, capacity: int | None = None) -> KVCache:
         capacity = capacity or cfg.max_seq_len
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, capacity, cfg.head_dim)
         zeros = jnp.zeros(shape, cfg.jnp_dtype)
-        return cls(k=zeros, v=zeros, lengths=jnp.zeros((batch,), jnp.int32))
+        return cls(k=zeros, v=zeros, lengths=jnp.zeros((batch,), jnp.int32),
+                   carry=jnp.full((batch,), jnp.inf, jnp.float32),
+                   logp=jnp.zeros((batch, cfg.vocab_size), jnp.float32))
 
     @property
     def batch(self) -> int:
@@ -48,12 +57,16 @@ class KVCache:
     def repeat(self, n: int) -> KVCache:
         """Each row repeated n times consecutively: rows [B] -> [B*n] (b*n + i is copy i)."""
         return KVCache(k=jnp.repeat(self.k, n, axis=1), v=jnp.repeat(self.v, n, axis=1),
-                       lengths=jnp.repeat(self.lengths, n, axis=0))
+                       lengths=jnp.repeat(self.lengths, n, axis=0),
+                       carry=jnp.repeat(self.carry, n, axis=0),
+                       logp=jnp.repeat(self.logp, n, axis=0))
 
     def gather(self, rows: jax.Array) -> KVCache:
         """Reorders rows by parent index: new row r is old row ``rows[r]`` ([B'] int)."""
         return KVCache(k=jnp.take(self.k, rows, axis=1), v=jnp.take(self.v, rows, axis=1),
-                       lengths=jnp.take(self.lengths, rows, axis=0))
+                       lengths=jnp.take(self.lengths, rows, axis=0),
+                       carry=jnp.take(self.carry, rows, axis=0),
+                       logp=jnp.take(self.logp, rows, axis=0))
 
 
 def write_positions(lengths: jax.Array, num_new: jax.Array, width: int,

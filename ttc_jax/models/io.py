@@ -47,7 +47,8 @@ def save_model(model: nnx.Module, path: str | Path, *, kind: str, dtype: str | N
     elif dtype not in (None, "float32"):
         raise ValueError(f"dtype={dtype!r}; use None, 'float32' or 'bfloat16'")
     np.savez(path / "params.npz", **flat)
-    meta = {"kind": kind, "model": to_dict(model.cfg), "stored_dtype": dtype or "float32"}
+    meta = {"kind": kind, "model": to_dict(model.cfg), "stored_dtype": dtype or "float32",
+            "init": dict(getattr(model, "init_kwargs", {}))}
     meta.update(extra or {})
     (path / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
@@ -73,7 +74,8 @@ def load_model(name_or_path: str | Path, *, kind: str | None = None) -> nnx.Modu
     if kind is not None and meta["kind"] != kind:
         raise ValueError(f"{path} holds a {meta['kind']!r} model, expected {kind!r}")
     cfg = from_dict(ModelConfig, meta["model"])
-    model = nnx.eval_shape(lambda: KINDS[meta["kind"]](cfg, rngs=nnx.Rngs(0)))
+    init = meta.get("init", {})
+    model = nnx.eval_shape(lambda: KINDS[meta["kind"]](cfg, rngs=nnx.Rngs(0), **init))
     state = nnx.state(model, nnx.Param)
     pure = state.to_pure_dict()
     with np.load(path / "params.npz") as npz:

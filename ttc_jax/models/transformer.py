@@ -269,7 +269,7 @@ class Transformer(nnx.Module):
         slots = write_positions(cache.lengths, num_new, t, cache.capacity)
         mask = jnp.arange(cache.capacity)[None, None, :] <= positions[:, :, None]  # [B, T, S]
         x, (k, v) = self._run_layers(self._embed(tokens), positions, mask, cache, slots)
-        new_cache = KVCache(k=k, v=v, lengths=cache.lengths + num_new)
+        new_cache = cache.replace(k=k, v=v, lengths=cache.lengths + num_new)
         return self.final_norm(x), new_cache
 
     def extend(self, tokens: jax.Array, cache: KVCache,

@@ -28,7 +28,13 @@ def restore_model(workdir: str | Path, step: int | None = None):
     if kind == "prm" and cfg.get("prm", {}).get("init_from"):
         from ttc_jax.models.io import load_model
         model_cfg = load_model(cfg["prm"]["init_from"]).cfg
-    model = (init_prm if kind == "prm" else init_model)(model_cfg, seed=train_cfg.seed)
+    if kind == "prm":
+        from ttc_jax.tasks import get_task
+        from ttc_jax.train.prm_data import prm_init_kwargs
+        model = init_prm(model_cfg, seed=train_cfg.seed,
+                         **prm_init_kwargs(cfg["prm"], get_task(cfg["task"])))
+    else:
+        model = init_model(model_cfg, seed=train_cfg.seed)
     graphdef, state = create_state(model, train_cfg, make_optimizer(train_cfg))
     ckpt = Checkpointer(workdir, cfg, save_every=train_cfg.save_every)
     state, _ = ckpt.restore(state, step)

@@ -148,6 +148,14 @@ def _load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str,
     return ds
 
 
+def prm_init_kwargs(pcfg: Mapping[str, Any], task: Task) -> dict[str, Any]:
+    """The PRM head's options (config ``prm.pooling``, ``prm.token_logprob``) and the
+    task's step delimiter."""
+    return {"pooling": pcfg.get("pooling", "last"),
+            "step_delimiter_id": task.tokenizer.step_delimiter_id,
+            "token_logprob": bool(pcfg.get("token_logprob", False))}
+
+
 def train_prm(cfg: Mapping[str, Any], workdir: str | Path, *, resume: bool = True):
     """Trains a PRM (``kind='prm'`` config); exports it to ``workdir/model``."""
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
@@ -164,14 +172,15 @@ def train_prm(cfg: Mapping[str, Any], workdir: str | Path, *, resume: bool = Tru
         seed=train_cfg.seed, labels=pcfg["labels"], mc_rollouts=pcfg["mc_rollouts"],
         temperature=pcfg["temperature"]))
     logger.info("PRM data: %s", dataset["stats"])
+    head = prm_init_kwargs(pcfg, task)
     if pcfg.get("init_from"):
         trunk = load_model(pcfg["init_from"], kind="policy")
         model_cfg = trunk.cfg
-        prm = init_prm(model_cfg, seed=train_cfg.seed)
+        prm = init_prm(model_cfg, seed=train_cfg.seed, **head)
         prm.lm = trunk
     else:
         model_cfg = from_dict(ModelConfig, cfg["model"])
-        prm = init_prm(model_cfg, seed=train_cfg.seed)
+        prm = init_prm(model_cfg, seed=train_cfg.seed, **head)
     from ttc_jax.eval.prm_quality import prm_ranking_quality
 
     def eval_fn(m: ProcessRewardModel, step: int):

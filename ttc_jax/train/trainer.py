@@ -107,10 +107,16 @@ def lm_loss(model, batch: Batch):
 def prm_loss(model, batch: Batch):
     """Binary cross-entropy of step scores at step ends against (soft) labels.
 
-    batch: tokens [B, W], label_mask [B, W], labels [B, W] in [0, 1].
+    batch: tokens [B, W], label_mask [B, W], labels [B, W] in [0, 1]. With
+    ``pooling='step_min'`` the score of step i is the minimum over steps 0..i.
     """
     logits = model(batch["tokens"])  # [B, W]
     mask, labels = batch["label_mask"], batch["labels"]
+    if getattr(model, "pooling", "last") == "step_min":
+        # Prefix labels: step i is right iff steps 0..i are, so its prediction is the
+        # running minimum of the step-local scores over steps so far.
+        logits = jax.lax.cummin(jnp.where(mask > 0, logits, jnp.inf), axis=1)
+        logits = jnp.where(mask > 0, logits, 0.0)
     bce = optax.sigmoid_binary_cross_entropy(logits, labels)
     denom = jnp.maximum(mask.sum(), 1.0)
     acc = (((logits > 0) == (labels > 0.5)) * mask).sum() / denom
