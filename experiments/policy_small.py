@@ -18,7 +18,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train = dict(seed=0, batch_size=32, num_steps=7000, learning_rate=3e-3, warmup_steps=200,
                    weight_decay=0.01, grad_clip=1.0, ema_decay=0.0, difficulty_min=1,
                    difficulty_max=8, num_buckets=4, bucket_multiple=16, save_every=500,
-                   keep_checkpoints=3, log_every=100, eval_every=1000, eval_problems=50)
+                   keep_checkpoints=20, log_every=100, eval_every=1000, eval_problems=50)
     if variant == "local":  # a CPU smoke run in seconds
         c.model.update(d_model=32, num_layers=1, mlp_dim=64)
         c.train.update(num_steps=60, batch_size=16, save_every=20, log_every=10,
