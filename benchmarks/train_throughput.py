@@ -14,6 +14,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 from ttc_jax.config import MeshConfig, ModelConfig, TrainConfig  # noqa: E402
 from ttc_jax.models import init_model  # noqa: E402
@@ -44,9 +45,10 @@ def main():
     step = make_train_step(graphdef, lm_loss, tx)
     one = jax.devices()[0]
     mesh = make_mesh(MeshConfig(data=2))
+    fresh = lambda: jax.tree.map(lambda x: jnp.array(x, copy=True), state0)  # step donates
     setups = {
-        "1 device": (lambda: jax.device_put(state0, one), lambda b: jax.device_put(b, one)),
-        "dp=2": (lambda: jax.device_put(state0, replicated(mesh)),
+        "1 device": (lambda: jax.device_put(fresh(), one), lambda b: jax.device_put(b, one)),
+        "dp=2": (lambda: jax.device_put(fresh(), replicated(mesh)),
                  lambda b: shard_batch(b, mesh)),
     }
     placed = {k: [put(b) for b in batches] for k, (_, put) in setups.items()}
