@@ -22,7 +22,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.problem_seed = 0
     c.batch_size = 16          # problems per compiled call
     c.search = dict(method="beam", n=16, beam_width=4, max_steps=12, max_step_tokens=16,
-                    max_new_tokens=128, aggregation="last", temperature=1.0, top_p=1.0,
+                    max_new_tokens=128, aggregation="min", temperature=1.0, top_p=1.0,
                     lookahead=0, filter_duplicates=False, seed=0)
     if variant == "local":  # a CPU smoke run: a few problems, small budget
         c.difficulties = (2, 3)
