@@ -38,9 +38,10 @@ def test_shipped_prm_prefers_the_right_solution_over_a_corrupted_one(name):
     problems = TASK.sample_problems("test", [2, 4, 6], 10, seed=5)
     texts = [[TASK.solution_text(p), corrupt_step(p, i % p.difficulty)]
              for i, p in enumerate(problems)]
-    samples = Samples(problems=problems, texts=texts, tokens=np.zeros((len(problems), 2, 1)),
-                      lengths=np.zeros((len(problems), 2)), logprobs=np.zeros((30, 2, 1)),
-                      ended=np.ones((len(problems), 2), bool))
+    p = len(problems)
+    samples = Samples(problems=problems, texts=texts, tokens=np.zeros((p, 2, 1)),
+                      lengths=np.zeros((p, 2)), logprobs=np.zeros((p, 2, 1)),
+                      ended=np.ones((p, 2), bool))
     scores = score_samples(prm, TASK, samples)
     wins = [aggregate_np(s[0], "min") > aggregate_np(s[1], "min") for s in scores]
     assert np.mean(wins) >= 0.8, np.mean(wins)

@@ -104,29 +104,6 @@ class ModelConfig:
         return 2 * matmul_params + attn
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-    """How the sampler draws tokens.
-
-    Attributes:
-      strategy: "greedy", "temperature", "top_k" or "top_p".
-      temperature: softmax temperature (> 0) for the sampling strategies.
-      top_k: k for "top_k".
-      top_p: nucleus mass in (0, 1] for "top_p".
-      max_new_tokens: token budget per row (the static size of the output buffer).
-    """
-
-    strategy: str = "temperature"
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-
-    def __post_init__(self):
-        _check(self.max_new_tokens >= 1,
-               f"decode.max_new_tokens={self.max_new_tokens} must be >= 1")
-
-
 T = TypeVar("T")
 
 
