@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests.test_search_select import beam_reference
 from ttc_jax.config import ModelConfig, SearchConfig
@@ -63,11 +64,14 @@ def results(models, prompts):
     return get
 
 
+_forward = nnx.jit(lambda model, x: model(x))  # one compile per model
+
+
 def full_scores(prm, prompt, plen, tokens):
     """Step probabilities by one full pass over prompt + solution (no cache)."""
     ids = list(prompt[:plen]) + list(tokens)
     ends = step_end_positions(ids, plen, TOK.step_delimiter_id, TOK.eos_id)
-    probs = jax.nn.sigmoid(prm(jnp.asarray([ids + [0] * (48 - len(ids))])))[0]
+    probs = jax.nn.sigmoid(_forward(prm, jnp.asarray([ids + [0] * (48 - len(ids))])))[0]
     return np.asarray(probs)[ends]
 
 
@@ -145,6 +149,57 @@ def test_lookahead_ranks_steps_by_the_scores_after_the_greedy_rollout(results):
             assert list(tr.parents[i, p]) == beam_reference(sel, elig, N // M)
     assert differs > 0  # the ranking score is not the plain step score
     assert res.compute.policy_tokens.sum() > plain.compute.policy_tokens.sum()
+
+
+def greedy_step_reference(policy, ids: list[int], cap: int) -> list[int]:
+    """One reasoning step by plain greedy decoding with full forward passes (no cache):
+    argmax over the non-banned ids until the delimiter, eos or ``cap`` tokens."""
+    out = []
+    banned = list(SPEC.banned())
+    while len(out) < cap:
+        seq = ids + out
+        logits = np.array(_forward(policy, jnp.asarray([seq + [0] * (48 - len(seq))])))
+        logits = logits[0, len(seq) - 1]
+        logits[banned] = -np.inf
+        out.append(int(np.argmax(logits)))
+        if out[-1] in (SPEC.delimiter_id, SPEC.eos_id):
+            break
+    return out
+
+
+def test_lookahead_score_equals_an_independent_greedy_rollout(models, prompts, results):
+    """The ranking score of a lookahead=1 candidate is the PRM's score ("last") after one
+    more greedy step, recomputed here with uncached forward passes and full re-scoring."""
+    policy, prm = models
+    res = results("lookahead")
+    tr = res.trace
+    checked = 0
+    for p in range(res.tokens.shape[0]):
+        prompt = list(prompts[0][p][:prompts[1][p]])
+        for c in np.flatnonzero(res.valid[p]):
+            sol = list(res.tokens[p, c, :res.lengths[p, c]])
+            ends, pos = [], 0  # where the kernel's steps ended: delimiter, eos or the cap
+            while pos < len(sol):
+                span = sol[pos:pos + BASE["max_step_tokens"]]
+                stop = [j for j, t in enumerate(span) if t in (SPEC.delimiter_id, SPEC.eos_id)]
+                pos += stop[0] + 1 if stop else len(span)
+                ends.append(pos)
+            for i in range(int(tr.iterations) - 1):  # the last iteration does no lookahead
+                if i >= len(ends) - 1 or SPEC.eos_id in sol[:ends[i]]:
+                    break
+                prefix = sol[:ends[i]]  # the i+1 steps written up to iteration i
+                padded = prefix + [0] * (res.tokens.shape[2] - len(prefix))  # buffer width
+                h = int(row_hash(jnp.asarray([padded]), jnp.asarray([len(prefix)]))[0])
+                rows = np.flatnonzero((tr.hashes[i, p] == h) & np.isfinite(
+                    tr.select_score[i, p]))
+                if not len(rows):  # completed there (an answer line), not ranked
+                    continue
+                rollout = greedy_step_reference(policy, prompt + prefix,
+                                                BASE["max_step_tokens"])
+                want = full_scores(prm, prompts[0][p], prompts[1][p], prefix + rollout)[-1]
+                np.testing.assert_allclose(tr.select_score[i, p, rows], want, atol=1e-5)
+                checked += 1
+    assert checked >= 4
 
 
 def test_filter_duplicates_keeps_one_copy_of_identical_beams(results):
