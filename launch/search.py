@@ -11,8 +11,10 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from ttc_jax.config import SearchConfig, from_dict
+from ttc_jax.config import MeshConfig, SearchConfig, from_dict
 from ttc_jax.models.io import load_model
+from ttc_jax.parallel import is_writer, make_mesh, shard_model
+from ttc_jax.parallel.launch_flags import init_from_flags
 from ttc_jax.search import search_problems
 from ttc_jax.tasks import get_task
 
@@ -23,6 +25,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
+    init_from_flags()  # multi-host: join the other processes first
     c = _CONFIG.value
     cfg = from_dict(SearchConfig, c.search.to_dict())
     task = get_task(c.task)
@@ -30,7 +33,15 @@ def main(argv):
                                     c.problem_seed)
     policy = load_model(c.policy, kind="policy")
     prm = load_model(c.prm, kind="prm") if c.prm else None
-    rows = search_problems(policy, prm, task, problems, cfg, batch_size=c.batch_size)
+    mesh = None
+    if c.get("mesh") and from_dict(MeshConfig, c.mesh.to_dict()).size > 1:
+        mesh = make_mesh(from_dict(MeshConfig, c.mesh.to_dict()))
+        policy = shard_model(policy, mesh)
+        prm = shard_model(prm, mesh) if prm is not None else None
+    rows = search_problems(policy, prm, task, problems, cfg, batch_size=c.batch_size,
+                           mesh=mesh)
+    if not is_writer():  # every process searched; one writes
+        return
     out = Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:

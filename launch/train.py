@@ -12,6 +12,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from ttc_jax.parallel.launch_flags import init_from_flags
 from ttc_jax.train.run import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<name>.py[:variant]")
@@ -22,6 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    init_from_flags()  # multi-host: join the other processes first
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file at INFO
     logging.getLogger("ttc_jax").setLevel(logging.INFO)
     train(_CONFIG.value, _WORKDIR.value, resume=not _FRESH.value)

@@ -24,6 +24,38 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+ROPE_SCALINGS = ("linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling (Hugging Face ``rope_scaling`` / ``rope_parameters``).
+
+    Attributes:
+      kind: ``"linear"`` (every inverse frequency divided by ``factor``) or ``"llama3"``
+        (Llama 3.1+: low frequencies divided by ``factor``, high ones kept, a smooth
+        blend between the two wavelength bands).
+      factor: the context extension factor.
+      low_freq_factor, high_freq_factor: llama3 band edges, as wavelengths
+        ``original_max_len / low_freq_factor`` and ``original_max_len / high_freq_factor``.
+      original_max_len: the pre-extension context length (llama3 only).
+    """
+
+    kind: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_len: int = 8192
+
+    def __post_init__(self):
+        _check(self.kind in ROPE_SCALINGS,
+               f"rope_scaling.kind={self.kind!r}; supported: {list(ROPE_SCALINGS)}")
+        _check(self.factor > 0, f"rope_scaling.factor={self.factor} must be > 0")
+        _check(self.kind != "llama3" or self.high_freq_factor > self.low_freq_factor,
+               f"rope_scaling.high_freq_factor={self.high_freq_factor} must exceed "
+               f"low_freq_factor={self.low_freq_factor}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A Llama-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU).
@@ -39,6 +71,7 @@ class ModelConfig:
       max_seq_len: the longest sequence (prompt + generation) the model is used with; the
         default KV-cache length.
       rope_theta: RoPE base frequency.
+      rope_scaling: optional RoPE frequency scaling (Llama 3.1+ checkpoints).
       norm_eps: RMSNorm epsilon.
       tie_embeddings: use the input embedding as the output projection.
       qkv_bias: biases on q/k/v projections (Qwen2 style).
@@ -55,6 +88,7 @@ class ModelConfig:
     mlp_dim: int = 256
     max_seq_len: int = 192
     rope_theta: float = 10_000.0
+    rope_scaling: RopeScaling | None = None
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     qkv_bias: bool = False

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ttc_jax.config import ModelConfig
 from ttc_jax.models.cache import KVCache, update_layer, write_positions
+from ttc_jax.parallel.pipeline import pipeline, pipeline_active
+from ttc_jax.parallel.rules import logical_constraint
 
 _NEG_INF = -1e30
 
@@ -50,13 +53,32 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float):
+def rope_frequencies(head_dim: int, theta: float, scaling=None) -> jax.Array:
+    """[H/2] float32 inverse frequencies ``theta^(-2i/H)``, rescaled by ``scaling`` (a
+    ``config.RopeScaling``: linear, or llama3's wavelength-band rule as in HF Llama 3.1)."""
+    half = head_dim // 2
+    inv = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+    if scaling is None:
+        return inv
+    if scaling.kind == "linear":
+        return inv / scaling.factor
+    wavelen = 2 * np.pi / inv
+    low_wavelen = scaling.original_max_len / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_len / scaling.high_freq_factor
+    smooth = ((scaling.original_max_len / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor))
+    blended = (1 - smooth) * inv / scaling.factor + smooth * inv
+    out = jnp.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+    return jnp.where((wavelen >= high_wavelen) & (wavelen <= low_wavelen), blended, out)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, scaling=None):
     """(sin, cos), each [B, T, 1, H/2] float32, for absolute positions [B, T].
 
-    Computed once per call and shared by every layer.
+    Computed once per call and shared by every layer; ``scaling`` is the config's
+    ``rope_scaling`` (None: plain RoPE).
     """
-    half = head_dim // 2
-    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+    freq = rope_frequencies(head_dim, theta, scaling)  # [H/2]
     angle = positions.astype(jnp.float32)[..., None] * freq  # [B, T, H/2]
     return jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
 
@@ -215,25 +237,36 @@ class Transformer(nnx.Module):
 
     def _run_layers(self, x, positions, mask, cache: KVCache | None, slots=None):
         graphdef, layer_state = nnx.split(self.layers)
-        rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta,
+                           self.cfg.rope_scaling)
 
-        if cache is None:
-            def body(x, state):
-                x, _ = nnx.merge(graphdef, state)(x, rope, mask)
+        def stack(layer_state, x, rope, mask, kv, slots):
+            """Runs the layers of ``layer_state`` (leading axis L' <= L) in order; with
+            ``kv`` (k, v [L', B, K, S, H]) writes and reads the cache. -> (x, kv)."""
+            if kv is None:
+                def body(x, state):
+                    x, _ = nnx.merge(graphdef, state)(x, rope, mask)
+                    return logical_constraint(x, ("batch", None, None)), None
+                x, _ = jax.lax.scan(body, x, layer_state)
                 return x, None
-            x, _ = jax.lax.scan(body, x, layer_state)
-            return x, None
 
-        def body_cached(x, xs):
-            state, k, v = xs
-            x, (k, v) = nnx.merge(graphdef, state)(x, rope, mask, (k, v), slots)
+            def body_cached(x, xs):
+                state, k, v = xs
+                x, (k, v) = nnx.merge(graphdef, state)(x, rope, mask, (k, v), slots)
+                return logical_constraint(x, ("batch", None, None)), (k, v)
+            # One-token decode runs the layers unrolled: per-iteration loop overhead
+            # dominates such tiny steps (on CPU ~30% of a decode step for the small configs).
+            unroll = x.shape[1] == 1
+            x, (k, v) = jax.lax.scan(body_cached, x, (layer_state, kv[0], kv[1]),
+                                     unroll=unroll)
             return x, (k, v)
-        # One-token decode runs the layers unrolled: per-iteration loop overhead dominates
-        # such tiny steps (on CPU ~30% of a decode step for the small configs).
-        unroll = x.shape[1] == 1
-        x, (k, v) = jax.lax.scan(body_cached, x, (layer_state, cache.k, cache.v),
-                                 unroll=unroll)
-        return x, (k, v)
+
+        # Under ``jax.set_mesh(mesh)`` with mesh.stage > 1 the stack runs as a GPipe
+        # pipeline over the ``stage`` axis (ttc_jax.parallel.pipeline); otherwise in order.
+        kv = None if cache is None else (cache.k, cache.v)
+        if pipeline_active():
+            return pipeline(stack, layer_state, x, rope, mask, kv, slots)
+        return stack(layer_state, x, rope, mask, kv, slots)
 
     # -- call modes ---------------------------------------------------------------------
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ttc_jax.config import MeshConfig
+from ttc_jax.parallel.multihost import global_batch
 
 MESH_AXES = ("data", "model", "stage")
 
@@ -25,7 +28,14 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
             f"{len(devices)} devices are available; choose a mesh whose product is "
             f"{len(devices)} (e.g. --config.mesh.data={len(devices)}), or set XLA_FLAGS="
             f"--xla_force_host_platform_device_count={cfg.size} on CPU")
-    arr = np.asarray(devices, dtype=object).reshape(cfg.data, cfg.model, cfg.stage)
+    shape = (cfg.data, cfg.model, cfg.stage)
+    arr = np.asarray(devices, dtype=object).reshape(shape)
+    if devices[0].platform == "tpu":  # follow the physical topology (ICI rings)
+        try:
+            arr = mesh_utils.create_device_mesh(shape, devices)
+        except (ValueError, NotImplementedError, AssertionError) as e:
+            logging.getLogger(__name__).warning("topology-aware mesh failed (%s); using "
+                                                "device order", e)
     return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
@@ -39,10 +49,9 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch, mesh: Mesh):
-    """Places every array of a batch with its leading axis split along ``data``."""
-    n = mesh.shape["data"]
-    for name, x in batch.items():
-        if x.shape[0] % n:
-            raise ValueError(f"batch[{name!r}] has {x.shape[0]} rows, not divisible by "
-                             f"mesh.data={n}; pick a batch size that is a multiple of {n}")
-    return jax.device_put(dict(batch), batch_sharding(mesh))
+    """Places every array of a batch with its leading axis split along ``data``.
+
+    Every process holds the whole batch (it is a pure function of the step); each places
+    only the rows of its own devices, so this works unchanged across hosts.
+    """
+    return global_batch(batch, mesh)

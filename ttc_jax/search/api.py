@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 
@@ -16,6 +17,8 @@ import numpy as np
 from flax import nnx
 
 from ttc_jax.config import SearchConfig
+from ttc_jax.parallel.multihost import replicate, to_host
+from ttc_jax.parallel.rules import shard_tree
 from ttc_jax.search.result import SearchResult
 from ttc_jax.search.state import init_state
 from ttc_jax.search.step import row_keys
@@ -41,7 +44,7 @@ def problem_keys(seed: int, problem_ids) -> jax.Array:
 
 
 def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTokens, *,
-           problem_ids=None, capacity: int | None = None) -> SearchResult:
+           problem_ids=None, capacity: int | None = None, mesh=None) -> SearchResult:
     """Runs ``cfg.method`` on P problems in one jit call.
 
     Args:
@@ -52,6 +55,11 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
       problem_ids: [P] ints naming the problems for the randomness (default 0..P-1): the
         same id, seed and layout give the same result whatever else is in the batch.
       capacity: KV-cache slots (default W + cfg.max_new_tokens).
+      mesh: a (data, model, stage) mesh (``ttc_jax.parallel.make_mesh``): both models'
+        params are placed by the logical-axis rules and the search runs under
+        ``jax.set_mesh(mesh)`` (rows split along ``data`` where they divide, tensor
+        parallel over ``model``, the layers pipelined over ``stage``). Across hosts the
+        result is gathered so every process gets all of it.
     """
     prompts = jnp.asarray(prompts, jnp.int32)
     prompt_lens = jnp.asarray(prompt_lens, jnp.int32)
@@ -75,10 +83,19 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
         raise ValueError(f"problem_ids has shape {problem_ids.shape}; expected ({p},)")
     policy_def, policy_params = nnx.split(policy)
     prm_def, prm_params = nnx.split(prm) if prm is not None else (None, None)
-    return _search_jit(policy_def, policy_params, prm_def, prm_params, prompts, prompt_lens,
-                       problem_keys(cfg.seed, problem_ids), strategy=make_strategy(cfg),
-                       kernel=Kernel(make_sampler(cfg), spec, cfg.max_step_tokens),
-                       capacity=capacity, max_new_tokens=cfg.max_new_tokens)
+    keys = problem_keys(cfg.seed, problem_ids)
+    scope = contextlib.nullcontext()
+    if mesh is not None:
+        policy_params = shard_tree(policy_params, mesh)
+        prm_params = None if prm is None else shard_tree(prm_params, mesh)
+        prompts, prompt_lens, keys = replicate((prompts, prompt_lens, keys), mesh)
+        scope = jax.set_mesh(mesh)
+    with scope:
+        res = _search_jit(policy_def, policy_params, prm_def, prm_params, prompts,
+                          prompt_lens, keys, strategy=make_strategy(cfg),
+                          kernel=Kernel(make_sampler(cfg), spec, cfg.max_step_tokens),
+                          capacity=capacity, max_new_tokens=cfg.max_new_tokens)
+    return to_host(res) if mesh is not None and jax.process_count() > 1 else res
 
 
 def encode_prompts(task, problems, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -93,9 +110,11 @@ def encode_prompts(task, problems, multiple: int = 16) -> tuple[np.ndarray, np.n
 
 
 def search_problems(policy, prm, task, problems: Sequence, cfg: SearchConfig, *,
-                    batch_size: int = 16, prompt_multiple: int = 32) -> list[dict]:
+                    batch_size: int = 16, prompt_multiple: int = 32,
+                    mesh=None) -> list[dict]:
     """Searches every problem (batches of ``batch_size``, padded to a fixed shape so one
-    program serves all) and returns one JSON-ready dict per problem."""
+    program serves all) and returns one JSON-ready dict per problem (``mesh``: see
+    :func:`search`)."""
     problems = list(problems)
     if not problems:
         raise ValueError("no problems given")
@@ -111,7 +130,8 @@ def search_problems(policy, prm, task, problems: Sequence, cfg: SearchConfig, *,
     for start in range(0, len(problems), batch_size):
         idx = np.arange(start, start + batch_size)
         take = np.minimum(idx, len(problems) - 1)  # filler rows repeat the last problem
-        res = search(policy, prm, prompts[take], lens[take], cfg, spec, problem_ids=idx)
+        res = search(policy, prm, prompts[take], lens[take], cfg, spec, problem_ids=idx,
+                     mesh=mesh)
         res = jax.tree.map(np.asarray, res)
         for b in range(min(batch_size, len(problems) - start)):
             rows.append(_row(task, tok, problems[start + b], res, b, cfg))

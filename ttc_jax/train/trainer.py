@@ -8,6 +8,7 @@ parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -24,7 +25,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from ttc_jax.config import TrainConfig
-from ttc_jax.parallel.mesh import replicated, shard_batch
+from ttc_jax.parallel.mesh import shard_batch
+from ttc_jax.parallel.rules import shard_tree
 from ttc_jax.train.checkpoint import Checkpointer
 from ttc_jax.train.metrics import MetricsWriter, ProgressLine
 
@@ -142,8 +144,11 @@ def fit(model: nnx.Module, *, loss_fn: LossFn, batch_fn: Callable[[int], Batch],
         on resume.
       eval_fn: (model with current weights, step) -> metrics, every ``cfg.eval_every``.
       resume: False insists on a fresh workdir (error if it holds checkpoints).
-      mesh: data parallelism: the state is replicated and each batch split along the
-        mesh's ``data`` axis (gradients are all-reduced by the compiler).
+      mesh: the (data, model, stage) mesh: params and optimizer state are placed by the
+        logical-axis rules (``ttc_jax.parallel.shard_tree``), each batch is split along
+        ``data`` (gradients are all-reduced by the compiler), and the steps run under
+        ``jax.set_mesh(mesh)`` so tensor parallelism follows the shardings and
+        ``stage`` > 1 runs the layers as a GPipe pipeline.
     Returns:
       The model with the final weights (EMA when enabled) and the final TrainState.
     """
@@ -152,7 +157,7 @@ def fit(model: nnx.Module, *, loss_fn: LossFn, batch_fn: Callable[[int], Batch],
     graphdef, state = create_state(model, cfg, tx)
     place = lambda batch: batch
     if mesh is not None:
-        state = jax.device_put(state, replicated(mesh))
+        state = shard_tree(state, mesh)
         place = lambda batch: shard_batch(batch, mesh)
     ckpt = Checkpointer(workdir, run_config, save_every=cfg.save_every,
                         keep=cfg.keep_checkpoints, resume=resume)
@@ -166,7 +171,8 @@ def fit(model: nnx.Module, *, loss_fn: LossFn, batch_fn: Callable[[int], Batch],
     progress = ProgressLine(cfg.num_steps)
     window: list[dict[str, float]] = []
     t0 = time.time()
-    with ckpt.preemption_handler():
+    scope = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+    with ckpt.preemption_handler(), scope:
         for step in range(start, cfg.num_steps):
             state, metrics = train_step(state, place(batch_fn(step)))
             done = step + 1
