@@ -22,11 +22,18 @@ EXTRAS = {
         "hypothesis==6.170.17",
         "ruff==0.17.6",
         "scipy==1.17.1",
+        "nbclient==0.11.0",  # runs notebooks/colab_demo.ipynb in the tests
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+        # Hugging Face interop references (tests/test_interop*.py): CPU torch only.
+        "torch==2.13.0",
+        "transformers==5.24.0",
+        "tokenizers==0.23.3",
+        "safetensors==0.8.0",
     ],
     # Hugging Face interop; transformers + torch are only a test-time reference.
     "hf": [
-        "safetensors",
-        "tokenizers",
+        "tokenizers==0.23.3",
     ],
 }
 

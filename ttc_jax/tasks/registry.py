@@ -7,8 +7,9 @@ from typing import Any
 
 from ttc_jax.tasks.arithmetic import ArithmeticTask
 from ttc_jax.tasks.base import Task
+from ttc_jax.tasks.math import MathTask
 
-_REGISTRY: dict[str, Callable[..., Task]] = {"arithmetic": ArithmeticTask}
+_REGISTRY: dict[str, Callable[..., Task]] = {"arithmetic": ArithmeticTask, "math": MathTask}
 
 
 def register_task(name: str, factory: Callable[..., Task]) -> None:

@@ -1,0 +1,96 @@
+"""A dependency-free reader of safetensors checkpoints, single file or sharded.
+
+A safetensors file is an 8-byte little-endian header size, a JSON header (name ->
+dtype, shape, byte offsets) and the raw tensor bytes. Tensors are read as views of a
+memory map, so a tensor is materialised on the host only when it is used (and bf16 is
+read as ``ml_dtypes.bfloat16``, which numpy alone cannot name). A sharded checkpoint is
+several such files listed by ``model.safetensors.index.json`` (``weight_map``).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+class SafetensorsCheckpoint:
+    """All tensors of a checkpoint folder (or one ``.safetensors`` file), by name."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if path.is_file():
+            files = [path]
+        elif (path / INDEX).exists():
+            weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+            files = [path / f for f in sorted(set(weight_map.values()))]
+            missing = [str(f) for f in files if not f.exists()]
+            if missing:
+                raise FileNotFoundError(f"{path / INDEX} lists shard files that are missing: "
+                                        f"{missing}; download every shard of the checkpoint")
+        elif (path / SINGLE).exists():
+            files = [path / SINGLE]
+        else:
+            found = sorted(p.name for p in path.glob("*.safetensors"))
+            if len(found) == 1:
+                files = [path / found[0]]
+            else:
+                raise FileNotFoundError(
+                    f"no {SINGLE} or {INDEX} in {path} (found {found or 'no .safetensors'}); "
+                    f"point at a Hugging Face checkpoint folder with safetensors weights")
+        self.path = path
+        self._where: dict[str, tuple[Path, dict, int]] = {}
+        for f in files:
+            header, start = _read_header(f)
+            for name, info in header.items():
+                self._where[name] = (f, info, start)
+        self._maps: dict[Path, np.memmap] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._where[self._check(name)][1]["shape"])
+
+    def _check(self, name: str) -> str:
+        if name not in self._where:
+            raise KeyError(f"tensor {name!r} is missing from the checkpoint at {self.path}; "
+                           f"is it the architecture the config says?")
+        return name
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as a read-only numpy view of the file (no copy)."""
+        f, info, start = self._where[self._check(name)]
+        if info["dtype"] not in _DTYPES:
+            raise ValueError(f"tensor {name!r} has dtype {info['dtype']}, which is not "
+                             f"supported; supported: {sorted(_DTYPES)}")
+        if f not in self._maps:
+            self._maps[f] = np.memmap(f, dtype=np.uint8, mode="r")
+        lo, hi = info["data_offsets"]
+        buf = self._maps[f][start + lo:start + hi]
+        return buf.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
