@@ -19,6 +19,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                    weight_decay=0.01, grad_clip=1.0, ema_decay=0.0, difficulty_min=1,
                    difficulty_max=8, num_buckets=4, bucket_multiple=16, save_every=500,
                    keep_checkpoints=20, log_every=100, eval_every=1000, eval_problems=50)
+    # data x model x stage devices (ttc_jax.parallel); e.g. --config.mesh.data=8 on a v4-8.
+    c.mesh = dict(data=1, model=1, stage=1)
     if variant == "local":  # a CPU smoke run in seconds
         c.model.update(d_model=32, num_layers=1, mlp_dim=64)
         c.train.update(num_steps=60, batch_size=16, save_every=20, log_every=10,

@@ -53,9 +53,10 @@ PyTree = Any
 
 DEFAULT_IGNORE_KEYS: tuple[str, ...] = (
     "train.num_steps", "train.log_every", "train.eval_every", "train.eval_problems",
-    "train.save_every", "train.keep_checkpoints")
+    "train.save_every", "train.keep_checkpoints", "mesh")
 """Config keys that may change between a run and its resumption: the length of the run
-(to extend it) and bookkeeping that does not change the weights."""
+(to extend it), bookkeeping that does not change the weights, and the mesh (a run may
+resume on another device layout; orbax restores into the new shardings)."""
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
