@@ -1,73 +1,37 @@
-"""The main job (``make demo``): the shipped policy and PRM on held-out problems.
+"""The main job (``make demo``): a small sweep of every search method on the shipped
+policy and PRM, the accuracy x N x method table with FLOPs, compute-optimal selection and
+adaptive allocation, and the plots - all under ``runs/demo/``.
 
-Per difficulty k it reports greedy accuracy and, at one budget N, every search method
-(majority voting, best-of-N, PRM-weighted best-of-N, PRM beam search, DVTS — each one
-jit-compiled kernel from ``ttc_jax.search``), oracle@N (any sampled candidate right: the
-headroom search exploits) and the policy tokens each method spent per problem.
+It is :func:`ttc_jax.eval.sweep.run_sweep` followed by :func:`ttc_jax.eval.report.report`
+with the ``demo`` variant of ``experiments/sweep.py`` (a few minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from ttc_jax.config import SearchConfig
-from ttc_jax.eval.generate import greedy_accuracy
-from ttc_jax.models.io import load_model
-from ttc_jax.search import search_problems
-from ttc_jax.tasks import get_task
-
-METHODS = ("majority", "best_of_n", "weighted_best_of_n", "beam", "dvts")
+from ttc_jax.eval.report import report
+from ttc_jax.eval.sweep import SweepConfig, run_sweep
 
 
-def run_demo(*, policy: str = "policy_small", prm: str = "prm",
-             methods: Sequence[str] = METHODS, difficulties: Sequence[int] = tuple(range(1, 9)),
-             problems_per_k: int = 10, n: int = 16, beam_width: int = 4,
-             aggregation: str = "min", seed: int = 0,
-             out: str | Path | None = None) -> dict[str, dict[int, float]]:
+def run_demo(cfg: SweepConfig, out_dir: str | Path = "runs/demo", *, fresh: bool = True,
+             progress: bool = True, printer=print) -> dict:
+    """Runs the sweep into ``out_dir/rows.jsonl`` (from scratch unless ``fresh=False``),
+    prints the tables and writes the PNGs; returns the report dict (with 'rows')."""
     t0 = time.time()
-    task = get_task("arithmetic")
-    pol = load_model(policy, kind="policy")
-    verifier = load_model(prm, kind="prm")
-    ks = list(difficulties)
-    problems = task.sample_problems("test", ks, problems_per_k, seed)
-    print(f"policy {policy} ({pol.cfg.num_params():,} params), PRM {prm} "
-          f"({verifier.cfg.num_params():,} params); {problems_per_k} held-out problems per "
-          f"k, N={n}, beam width {beam_width}, PRM aggregation {aggregation}")
-    result: dict[str, dict[int, float]] = {
-        "greedy": greedy_accuracy(pol, task, ks, problems_per_k, seed=seed)}
-    tokens: dict[str, float] = {"greedy": float("nan")}
-    oracle: dict[int, list[float]] = {}
-    for method in tqdm(methods, desc="search methods", unit="method"):
-        cfg = SearchConfig(method=method, n=n, beam_width=beam_width, aggregation=aggregation,
-                           seed=seed)
-        rows = search_problems(pol, verifier, task, problems, cfg)
-        by_k: dict[int, list[float]] = {}
-        for r in rows:
-            by_k.setdefault(r["difficulty"], []).append(float(r["correct"]))
-            if method == "weighted_best_of_n":
-                oracle.setdefault(r["difficulty"], []).append(float(r["oracle"]))
-        result[f"{method}@{n}"] = {k: float(np.mean(by_k[k])) for k in ks}
-        tokens[f"{method}@{n}"] = float(np.mean([r["policy_tokens"] for r in rows]))
-    if oracle:
-        result[f"oracle@{n}"] = {k: float(np.mean(oracle[k])) for k in ks}
-    header = f"{'method':>24} | " + " ".join(f"k={k:<3}" for k in ks) + " | mean  | tokens"
-    print(header)
-    print("-" * len(header))
-    for name, by_k in result.items():
-        vals = [by_k[k] for k in ks]
-        tok = tokens.get(name, float("nan"))
-        tok_s = f"{tok:6.0f}" if np.isfinite(tok) else "     -"
-        print(f"{name:>24} | " + " ".join(f"{v:5.2f}" for v in vals)
-              + f" | {np.mean(vals):.3f} | {tok_s}")
-    print(f"({time.time() - t0:.0f} s; tokens = policy tokens generated per problem)")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps({"accuracy": result, "policy_tokens": tokens},
-                                        indent=2) + "\n")
-    return result
+    out_dir = Path(out_dir)
+    rows_path = out_dir / "rows.jsonl"
+    if fresh and rows_path.exists():
+        rows_path.unlink()
+    printer(f"policy {cfg.policy}, PRM {cfg.prm}; methods {', '.join(cfg.methods)}; "
+            f"N in {list(cfg.ns)}; beam width {list(cfg.beam_widths)}; difficulties "
+            f"{list(cfg.difficulties)}; {cfg.problems_per_k} test and "
+            f"{cfg.val_problems_per_k} validation problems per difficulty")
+    rows = run_sweep(cfg, rows_path, progress=progress)
+    out = report(rows, out_dir, printer=printer)
+    printer(f"\nrows: {rows_path} ({len(rows)} rows, one per problem x config)")
+    printer(f"plots: {out_dir}/*.png; summary: {out_dir / 'summary.json'}")
+    printer(f"demo finished in {time.time() - t0:.0f} s")
+    out["rows"] = rows
+    return out
