@@ -10,8 +10,15 @@ from ttc_jax.decode.sampling import (
     TopP,
     get_strategy,
 )
+from ttc_jax.decode.speculative import (
+    SpecOutput,
+    SpecState,
+    speculative_generate_step,
+    speculative_sample,
+)
 
 __all__ = [
     "STRATEGIES", "DecodeState", "Greedy", "SampleOutput", "SamplingStrategy", "Temperature",
     "TopK", "TopP", "decode", "get_strategy", "prefill", "sample",
+    "SpecOutput", "SpecState", "speculative_generate_step", "speculative_sample",
 ]

@@ -10,19 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from flax import nnx
 
 from ttc_jax.config import MeshConfig, ModelConfig, TrainConfig, from_dict
 from ttc_jax.eval.generate import greedy_accuracy
 from ttc_jax.models.io import save_model
 from ttc_jax.models.transformer import init_model
-from ttc_jax.parallel import make_mesh
+from ttc_jax.parallel import is_writer, make_mesh, to_host
 from ttc_jax.tasks import get_task
 from ttc_jax.train import data
 from ttc_jax.train.trainer import fit, lm_loss
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("policy", "prm")
+KINDS = ("policy", "prm", "distill")
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
@@ -30,7 +31,8 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
 
 
 def mesh_from(cfg: Mapping[str, Any]):
-    """The mesh of ``cfg['mesh']`` (data parallel training), or None for one device."""
+    """The mesh of ``cfg['mesh']`` (data x model x stage: data, tensor and pipeline
+    parallel training), or None for one device."""
     if not cfg.get("mesh"):
         return None
     mesh_cfg = from_dict(MeshConfig, cfg["mesh"])
@@ -61,7 +63,10 @@ def train_policy(cfg: Mapping[str, Any], workdir: str | Path, *, resume: bool = 
                        workdir=workdir, run_config=cfg, eval_fn=eval_fn, resume=resume,
                        mesh=mesh_from(cfg))
     if int(state.step) >= train_cfg.num_steps:  # finished, not stopped by a signal
-        save_model(model, Path(workdir) / "model", kind="policy")
+        if jax.process_count() > 1:  # every process joins the gather; one writes
+            nnx.update(model, to_host(nnx.state(model)))
+        if is_writer():
+            save_model(model, Path(workdir) / "model", kind="policy")
     return model, state
 
 
@@ -73,4 +78,7 @@ def train(cfg: Mapping[str, Any], workdir: str | Path, *, resume: bool = True):
     if kind == "prm":
         from ttc_jax.train.prm_data import train_prm
         return train_prm(cfg, workdir, resume=resume)
+    if kind == "distill":
+        from ttc_jax.train.distill import train_distill
+        return train_distill(cfg, workdir, resume=resume)
     raise ValueError(f"unknown config kind {kind!r}; choose one of {list(KINDS)}")
