@@ -182,6 +182,33 @@ def _as_batch(prompts, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     return out, np.asarray([len(s) for s in seqs], np.int32)
 
 
+def check_request(prompts, *, n: int, max_new_tokens: int, strategy: SamplingStrategy,
+                  capacity: int | None, max_seq_len: int,
+                  pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validates a sampling request before anything compiles (shared by ``sample`` and
+    ``speculative_sample``). Returns (tokens [B, P], lengths [B], cache capacity)."""
+    if n < 1:
+        raise ValueError(f"n={n} samples per prompt must be >= 1")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if not isinstance(strategy, SamplingStrategy):
+        raise TypeError(f"strategy must be a SamplingStrategy (e.g. get_strategy('greedy')), "
+                        f"got {strategy!r}")
+    tokens, lens = _as_batch(prompts, pad_id)
+    if lens.min() < 1:
+        raise ValueError(f"prompt {int(lens.argmin())} is empty; every prompt needs at least "
+                         f"one token (e.g. BOS)")
+    capacity = capacity or max_seq_len
+    need = tokens.shape[1] + max_new_tokens
+    if need > capacity:
+        raise ValueError(
+            f"prompt longer than the cache: the longest prompt has {int(lens.max())} tokens "
+            f"(padded to {tokens.shape[1]}) + max_new_tokens={max_new_tokens} = {need} > "
+            f"cache capacity {capacity}; shorten the prompt, lower max_new_tokens or raise "
+            f"capacity/model.max_seq_len")
+    return tokens, lens, capacity
+
+
 def sample(model: Transformer, prompts, *, n: int, rng: jax.Array, max_new_tokens: int,
            strategy: SamplingStrategy, stop_tokens: Sequence[int], capacity: int | None = None,
            pad_id: int = 0) -> SampleOutput:
@@ -198,25 +225,9 @@ def sample(model: Transformer, prompts, *, n: int, rng: jax.Array, max_new_token
       stop_tokens: ids that end a sample (EOS; add the step delimiter for one step).
       capacity: KV-cache slots (default: the model's max_seq_len).
     """
-    if n < 1:
-        raise ValueError(f"n={n} samples per prompt must be >= 1")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    if not isinstance(strategy, SamplingStrategy):
-        raise TypeError(f"strategy must be a SamplingStrategy (e.g. get_strategy('greedy')), "
-                        f"got {strategy!r}")
-    tokens, lens = _as_batch(prompts, pad_id)
-    if lens.min() < 1:
-        raise ValueError(f"prompt {int(lens.argmin())} is empty; every prompt needs at least "
-                         f"one token (e.g. BOS)")
-    capacity = capacity or model.cfg.max_seq_len
-    need = tokens.shape[1] + max_new_tokens
-    if need > capacity:
-        raise ValueError(
-            f"prompt longer than the cache: the longest prompt has {int(lens.max())} tokens "
-            f"(padded to {tokens.shape[1]}) + max_new_tokens={max_new_tokens} = {need} > "
-            f"cache capacity {capacity}; shorten the prompt, lower max_new_tokens or raise "
-            f"capacity/model.max_seq_len")
+    tokens, lens, capacity = check_request(prompts, n=n, max_new_tokens=max_new_tokens,
+                                           strategy=strategy, capacity=capacity,
+                                           max_seq_len=model.cfg.max_seq_len, pad_id=pad_id)
     graphdef, params = nnx.split(model)
     return _sample_jit(graphdef, params, jnp.asarray(tokens), jnp.asarray(lens), rng, n=n,
                        capacity=capacity, max_new_tokens=max_new_tokens, strategy=strategy,

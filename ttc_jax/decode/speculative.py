@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ttc_jax.decode.sampler import _as_batch
+from ttc_jax.decode.sampler import check_request
 from ttc_jax.decode.sampling import SamplingStrategy
 from ttc_jax.models.cache import KVCache
 
@@ -330,23 +330,12 @@ def speculative_sample(target, draft, prompts, *, n: int, rng: jax.Array, max_ne
     """
     if gamma < 1:
         raise ValueError(f"gamma={gamma} draft tokens per iteration must be >= 1")
-    if n < 1 or max_new_tokens < 1:
-        raise ValueError(f"n={n} and max_new_tokens={max_new_tokens} must be >= 1")
-    if not isinstance(strategy, SamplingStrategy):
-        raise TypeError(f"strategy must be a SamplingStrategy, got {strategy!r}")
     if target.cfg.vocab_size != draft.cfg.vocab_size:
         raise ValueError(f"draft vocab_size={draft.cfg.vocab_size} != target vocab_size="
                          f"{target.cfg.vocab_size}; the draft must share the tokenizer")
-    tokens, lens = _as_batch(prompts, pad_id)
-    if lens.min() < 1:
-        raise ValueError(f"prompt {int(lens.argmin())} is empty; every prompt needs at least "
-                         f"one token (e.g. BOS)")
-    capacity = capacity or target.cfg.max_seq_len
-    need = tokens.shape[1] + max_new_tokens
-    if need > capacity:
-        raise ValueError(f"prompt longer than the cache: prompt width {tokens.shape[1]} + "
-                         f"max_new_tokens={max_new_tokens} = {need} > capacity {capacity}; "
-                         f"shorten the prompt, lower max_new_tokens or raise capacity")
+    tokens, lens, capacity = check_request(prompts, n=n, max_new_tokens=max_new_tokens,
+                                           strategy=strategy, capacity=capacity,
+                                           max_seq_len=target.cfg.max_seq_len, pad_id=pad_id)
     t_def, t_params = nnx.split(target)
     d_def, d_params = nnx.split(draft)
     return _spec_jit(t_def, t_params, d_def, d_params, jnp.asarray(tokens), jnp.asarray(lens),

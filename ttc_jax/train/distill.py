@@ -306,17 +306,9 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _eval_fn(task: Task, train_cfg: TrainConfig):
-    from ttc_jax.eval.generate import greedy_accuracy
+    from ttc_jax.train.run import greedy_eval_fn  # run imports this module lazily
 
-    ks = list(range(train_cfg.difficulty_min, train_cfg.difficulty_max + 1))
-
-    def eval_fn(m, step):
-        acc = greedy_accuracy(m, task, ks, train_cfg.eval_problems, seed=1234)
-        out = {f"greedy_acc_k{k}": v for k, v in acc.items()}
-        out["greedy_acc_mean"] = sum(acc.values()) / len(acc)
-        return out
-
-    return eval_fn
+    return greedy_eval_fn(task, train_cfg)
 
 
 def _student(cfg: Mapping[str, Any], dcfg: DistillConfig, train_cfg: TrainConfig, task: Task):

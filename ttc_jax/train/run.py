@@ -30,6 +30,20 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
     return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
 
 
+def greedy_eval_fn(task, train_cfg: TrainConfig):
+    """The periodic eval of policy training: greedy accuracy per difficulty on held-out
+    problems (fixed seed), plus the mean; ``(model, step) -> metrics``."""
+    ks = list(range(train_cfg.difficulty_min, train_cfg.difficulty_max + 1))
+
+    def eval_fn(m, step):
+        acc = greedy_accuracy(m, task, ks, train_cfg.eval_problems, seed=1234)
+        out = {f"greedy_acc_k{k}": v for k, v in acc.items()}
+        out["greedy_acc_mean"] = sum(acc.values()) / len(acc)
+        return out
+
+    return eval_fn
+
+
 def mesh_from(cfg: Mapping[str, Any]):
     """The mesh of ``cfg['mesh']`` (data x model x stage: data, tensor and pipeline
     parallel training), or None for one device."""
@@ -50,14 +64,7 @@ def train_policy(cfg: Mapping[str, Any], workdir: str | Path, *, resume: bool = 
                          f"tokenizer has {task.tokenizer.vocab_size} ids; set "
                          f"--config.model.vocab_size={task.tokenizer.vocab_size}")
     model = init_model(model_cfg, seed=train_cfg.seed)
-    ks = list(range(train_cfg.difficulty_min, train_cfg.difficulty_max + 1))
-
-    def eval_fn(m, step):
-        acc = greedy_accuracy(m, task, ks, train_cfg.eval_problems, seed=1234)
-        out = {f"greedy_acc_k{k}": v for k, v in acc.items()}
-        out["greedy_acc_mean"] = sum(acc.values()) / len(acc)
-        return out
-
+    eval_fn = greedy_eval_fn(task, train_cfg)
     model, state = fit(model, loss_fn=lm_loss,
                        batch_fn=lambda s: data.lm_batch(task, train_cfg, s), cfg=train_cfg,
                        workdir=workdir, run_config=cfg, eval_fn=eval_fn, resume=resume,
