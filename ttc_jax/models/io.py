@@ -34,12 +34,20 @@ def _flat(tree) -> dict[str, np.ndarray]:
 def save_model(model: nnx.Module, path: str | Path, *, kind: str, dtype: str | None = None,
                extra: dict | None = None) -> Path:
     """Writes ``model`` to the folder ``path``; ``dtype='bfloat16'`` halves the files
-    (loaded back as the config's param dtype)."""
+    (loaded back as the config's param dtype). Across several processes every process
+    must call it (the params are gathered); process 0 writes."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; choose one of {sorted(KINDS)}")
     path = Path(path)
+    state = nnx.state(model, nnx.Param)
+    if jax.process_count() > 1:  # multi-host: every process joins the gather, one writes
+        from ttc_jax.parallel.multihost import is_writer, to_host
+
+        state = to_host(state)
+        if not is_writer():
+            return path
     path.mkdir(parents=True, exist_ok=True)
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+    params = state.to_pure_dict()
     flat = _flat(params)
     if dtype == "bfloat16":  # npz has no bf16: store the bf16 bits as uint16
         flat = {k: np.asarray(jnp.asarray(v, jnp.bfloat16)).view(np.uint16)

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-from flax import nnx
 
 from ttc_jax.config import MeshConfig, ModelConfig, TrainConfig, from_dict
 from ttc_jax.eval.generate import greedy_accuracy
 from ttc_jax.models.io import save_model
 from ttc_jax.models.transformer import init_model
-from ttc_jax.parallel import is_writer, make_mesh, to_host
+from ttc_jax.parallel import make_mesh
 from ttc_jax.tasks import get_task
 from ttc_jax.train import data
 from ttc_jax.train.trainer import fit, lm_loss
@@ -70,10 +69,7 @@ def train_policy(cfg: Mapping[str, Any], workdir: str | Path, *, resume: bool = 
                        workdir=workdir, run_config=cfg, eval_fn=eval_fn, resume=resume,
                        mesh=mesh_from(cfg))
     if int(state.step) >= train_cfg.num_steps:  # finished, not stopped by a signal
-        if jax.process_count() > 1:  # every process joins the gather; one writes
-            nnx.update(model, to_host(nnx.state(model)))
-        if is_writer():
-            save_model(model, Path(workdir) / "model", kind="policy")
+        save_model(model, Path(workdir) / "model", kind="policy")  # process 0 writes
     return model, state
 
 

@@ -163,7 +163,10 @@ def fit(model: nnx.Module, *, loss_fn: LossFn, batch_fn: Callable[[int], Batch],
                         keep=cfg.keep_checkpoints, resume=resume)
     state, meta = ckpt.maybe_restore(state)
     start = int(state.step)
-    writer = MetricsWriter(workdir / "metrics.jsonl")
+    # Multi-host: process 0 writes metrics.jsonl; the others keep their own file beside it.
+    name = "metrics.jsonl" if jax.process_index() == 0 else \
+        f"metrics.process{jax.process_index()}.jsonl"
+    writer = MetricsWriter(workdir / name)
     if meta is not None:
         writer.truncate_after(start)
         logger.info("resuming %s at step %d", workdir, start)
