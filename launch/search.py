@@ -38,8 +38,9 @@ def main(argv):
         mesh = make_mesh(from_dict(MeshConfig, c.mesh.to_dict()))
         policy = shard_model(policy, mesh)
         prm = shard_model(prm, mesh) if prm is not None else None
+    draft = load_model(c.draft, kind="policy") if c.get("draft") else None
     rows = search_problems(policy, prm, task, problems, cfg, batch_size=c.batch_size,
-                           mesh=mesh)
+                           mesh=mesh, draft=draft, gamma=c.get("gamma", 4))
     if not is_writer():  # every process searched; one writes
         return
     out = Path(_OUT.value)

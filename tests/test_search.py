@@ -269,3 +269,32 @@ def test_bad_search_input_fails_with_a_clear_error(models, prompts):
         search(models[0], models[1], prompts[0], prompts[1][:1], cfg, SPEC)
     with pytest.raises(ValueError, match="capacity=8 < prompt width"):
         search(models[0], models[1], *prompts, cfg, SPEC, capacity=8)
+
+
+@pytest.mark.parametrize("name", ["best_of_n", "beam", "lookahead"])
+def test_speculative_steps_with_a_draft_give_the_policys_near_greedy_search(name, models,
+                                                                             prompts, results):
+    """With a draft model every step (and lookahead rollout) is generated speculatively;
+    at a near-zero temperature both samplers are the policy's argmax, so tokens, scores,
+    choices and committed token counts equal the plain search's."""
+    draft = init_model(ModelConfig(d_model=16, num_layers=1, num_heads=1, num_kv_heads=1,
+                                   head_dim=16, mlp_dim=32, max_seq_len=96), seed=7)
+    plain = results(name, temperature=1e-4)
+    cfg = SearchConfig(**{**BASE, **RUNS[name], "temperature": 1e-4})
+    spec = jax.tree.map(np.asarray, search(models[0], models[1], *prompts, cfg, SPEC,
+                                           draft=draft, gamma=3))
+    np.testing.assert_array_equal(spec.tokens, plain.tokens)
+    np.testing.assert_array_equal(spec.lengths, plain.lengths)
+    np.testing.assert_allclose(spec.scores, plain.scores, atol=1e-5)
+    np.testing.assert_array_equal(spec.chosen, plain.chosen)
+    np.testing.assert_array_equal(spec.compute.policy_tokens, plain.compute.policy_tokens)
+    # the draft really ran: its prefill and proposals are counted as policy FLOPs
+    assert (spec.compute.policy_flops != plain.compute.policy_flops).all()
+
+
+def test_a_draft_with_another_vocabulary_is_refused(models, prompts):
+    draft = init_model(ModelConfig(vocab_size=30, d_model=16, num_layers=1, num_heads=1,
+                                   num_kv_heads=1, head_dim=16, mlp_dim=32), seed=7)
+    cfg = SearchConfig(**{**BASE, **RUNS["beam"]})
+    with pytest.raises(ValueError, match="the draft must share the tokenizer"):
+        search(models[0], models[1], *prompts, cfg, SPEC, draft=draft)

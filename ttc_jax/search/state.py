@@ -66,6 +66,9 @@ class SearchState:
       done: [R] bool, the row generates no more (ended, or its buffer is full).
       ended: [R] bool, the row ended on eos or a completed answer line.
       compute: per-problem counters.
+      draft_cache: the draft model's KVCache over R rows (speculative step generation,
+        ``search(..., draft=...)``), holding the same tokens as ``cache``; else None.
+      prompt_last: [R] each row's last prompt token (with a draft), else None.
     """
 
     cache: KVCache
@@ -81,6 +84,8 @@ class SearchState:
     done: jax.Array
     ended: jax.Array
     compute: Compute
+    draft_cache: KVCache | None = None
+    prompt_last: jax.Array | None = None
 
     @property
     def rows(self) -> int:
@@ -96,7 +101,9 @@ class SearchState:
             line_start=take(self.line_start), step_scores=take(self.step_scores),
             step_pos=take(self.step_pos), num_steps=take(self.num_steps),
             open_step=take(self.open_step), done=take(self.done), ended=take(self.ended),
-            compute=self.compute)
+            compute=self.compute,
+            draft_cache=None if self.draft_cache is None else self.draft_cache.gather(rows),
+            prompt_last=None if self.prompt_last is None else take(self.prompt_last))
 
 
 def _prefill_flops(lens: jax.Array, base: float, slope: float) -> jax.Array:
@@ -106,12 +113,14 @@ def _prefill_flops(lens: jax.Array, base: float, slope: float) -> jax.Array:
 
 
 def init_state(policy, prm, prompts: jax.Array, prompt_lens: jax.Array, *, n: int,
-               capacity: int, max_new_tokens: int) -> SearchState:
-    """Prefills both models once per problem and broadcasts to N rows each.
+               capacity: int, max_new_tokens: int, draft=None) -> SearchState:
+    """Prefills the models once per problem and broadcasts to N rows each.
 
     Args:
       prompts: [P, W] right-padded prompts; prompt_lens: [P] (>= 1).
       capacity: KV-cache slots (>= W + max_new_tokens).
+      draft: an optional draft model for speculative step generation; its prefill
+        counts as policy FLOPs.
     """
     p = prompts.shape[0]
     r, t = p * n, max_new_tokens
@@ -127,9 +136,19 @@ def init_state(policy, prm, prompts: jax.Array, prompt_lens: jax.Array, *, n: in
         prm_cache = prm_cache.repeat(n)
         compute = compute.replace(
             prm_flops=_prefill_flops(prompt_lens, *flops_line(prm.cfg, lm_head=False)))
+    draft_cache = prompt_last = None
+    if draft is not None:
+        draft_cache = KVCache.init(draft.cfg, p, capacity)
+        _, draft_cache = draft.extend(prompts, draft_cache, prompt_lens)
+        draft_cache = draft_cache.repeat(n)
+        last_tok = jnp.take_along_axis(prompts, (prompt_lens - 1)[:, None], axis=1)[:, 0]
+        prompt_last = jnp.repeat(last_tok, n, axis=0)
+        compute = compute.replace(policy_flops=compute.policy_flops
+                                  + _prefill_flops(prompt_lens, *flops_line(draft.cfg)))
     zeros_i = jnp.zeros((r,), jnp.int32)
     false = jnp.zeros((r,), bool)
     return SearchState(
+        draft_cache=draft_cache, prompt_last=prompt_last,
         cache=cache.repeat(n), logits=jnp.repeat(last, n, axis=0), prm_cache=prm_cache,
         tokens=jnp.zeros((r, t), jnp.int32), num_tokens=zeros_i, line_start=zeros_i,
         step_scores=jnp.zeros((r, t), jnp.float32), step_pos=jnp.zeros((r, t), jnp.int32),

@@ -14,6 +14,8 @@ delimiter, and the last non-eos token of a line cut short.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -42,10 +44,28 @@ def _sample(logits, keys, strategy: SamplingStrategy | None, banned: tuple[int, 
     return jax.vmap(lambda lg, k: strategy.sample(lg, k))(logits, keys).astype(jnp.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Drafted:
+    """A policy with a draft model: ``generate`` then extends rows by speculative decoding
+    (``ttc_jax.decode.speculative``; the draft proposes ``gamma`` tokens per target call),
+    which samples exactly the policy's distribution. Built inside the jitted search."""
+
+    target: object
+    draft: object
+    gamma: int = 4
+
+    @property
+    def cfg(self):
+        return self.target.cfg
+
+
 def generate(policy, s: SearchState, keys: jax.Array | None, active: jax.Array, *,
              strategy: SamplingStrategy | None, spec: SearchTokens, cap,
              stop_at_delimiter) -> tuple[SearchState, jax.Array]:
     """Extends every active, not-done row by one step.
+
+    ``policy`` may be a :class:`Drafted` pair: the step is then generated speculatively
+    (same stopping rules, same distribution, up to gamma+1 tokens per target call).
 
     Args:
       keys: [R] per-row keys of this step (token t uses fold_in(key, t)); None for greedy.
@@ -56,6 +76,14 @@ def generate(policy, s: SearchState, keys: jax.Array | None, active: jax.Array, 
     Returns:
       (state, start [R]): ``start`` is each row's ``num_tokens`` before the step.
     """
+    if isinstance(policy, Drafted):
+        from ttc_jax.decode.speculative import speculative_generate_step
+
+        s, draft_cache, start = speculative_generate_step(
+            policy.target, policy.draft, s, s.draft_cache, s.prompt_last, keys, active,
+            strategy=strategy, spec=spec, cap=cap, stop_at_delimiter=stop_at_delimiter,
+            gamma=policy.gamma)
+        return s.replace(draft_cache=draft_cache), start
     r, width = s.tokens.shape
     p = s.compute.policy_tokens.shape[0]
     rows = jnp.arange(r)
