@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from ttc_jax.config import SearchConfig
+from ttc_jax.eval.prm_quality import vote
 from ttc_jax.search import SearchTokens, search
 from ttc_jax.tasks.math import MathTask, is_equiv
 
@@ -76,22 +77,21 @@ def _groups(answers: Sequence[str | None]) -> list[int]:
 
 
 def select_answers(answers: Sequence[str | None], scores: Sequence[float]) -> dict:
-    """The naive / weighted / majority choices among candidates (None if no answers)."""
-    groups = _groups(answers)
+    """The naive / weighted / majority choices among candidates (None if no answers).
+
+    Equivalent answers (``is_equiv``) vote together under the spelling seen first; the
+    votes are ``eval.prm_quality.vote`` (ties go to the answer seen first)."""
     out = {"naive": None, "weighted": None, "majority": None}
     if not answers:
         return out
     out["naive"] = answers[int(np.argmax(scores))]
-    totals: dict[int, list[float]] = {}
-    for g, s in zip(groups, scores, strict=True):
-        if g >= 0:
-            totals.setdefault(g, []).append(s)
-    if totals:
-        first = {g: groups.index(g) for g in totals}
-        w = max(totals, key=lambda g: (sum(totals[g]), -first[g]))
-        m = max(totals, key=lambda g: (len(totals[g]), -first[g]))
-        out["weighted"] = answers[first[w]]
-        out["majority"] = answers[first[m]]
+    groups = _groups(answers)
+    first: dict[int, int] = {}
+    for i, g in enumerate(groups):
+        first.setdefault(g, i)
+    canon = [None if g < 0 else answers[first[g]] for g in groups]
+    out["weighted"] = vote(canon, list(scores))
+    out["majority"] = vote(canon)
     return out
 
 
