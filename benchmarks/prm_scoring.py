@@ -23,6 +23,7 @@ from flax import nnx
 from ttc_jax.config import ModelConfig
 from ttc_jax.models.cache import KVCache
 from ttc_jax.models.prm import init_prm
+from ttc_jax.models.transformer import hoist_layers
 from ttc_jax.search import SearchTokens, score_new
 from ttc_jax.search.state import Compute, SearchState
 from ttc_jax.tasks import get_task
@@ -56,6 +57,7 @@ def make_data():
 @functools.partial(jax.jit, static_argnames="graphdef")
 def incremental(graphdef, params, prompts, plens, sols, ends):
     prm = nnx.merge(graphdef, params)
+    hoist_layers(prm)  # as search does: per-layer params sliced once, outside the loop
     t = sols.shape[1]
     cache = KVCache.init(CFG, R, prompts.shape[1] + t)
     _, cache = prm.extend(prompts, cache, plens)

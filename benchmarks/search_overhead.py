@@ -5,8 +5,11 @@
    RESULT beam_vs_bon_same_tokens=<beam s per token / BoN s per token>
 2. The one-jit beam search vs a host-driven loop (one jitted call per step -- the same
    step kernel -- then selection and the completed pool in numpy, then a jitted gather
-   of the state: how search-and-learn drives its models). Both make identical choices
-   (checked). RESULT jit_beam_vs_host_loop=<host loop time / one-jit time>
+   of the state). Both make identical choices (checked).
+   RESULT jit_beam_vs_host_loop=<host loop time / one-jit time>
+3. The one-jit beam search vs the loop as search-and-learn runs it: the same host loop,
+   but the PRM re-scores every whole prefix after each step (no PRM cache).
+   RESULT jit_beam_vs_reference_loop=<reference loop time / one-jit time>
 
 Models: the shipped policy_small and prm when present in ttc_jax/assets, else random
 models of their sizes. Runs alternate; median of REPEATS.
@@ -25,6 +28,7 @@ from ttc_jax.config import ModelConfig, SearchConfig
 from ttc_jax.models import init_model
 from ttc_jax.models.io import load_model
 from ttc_jax.models.prm import init_prm
+from ttc_jax.models.transformer import hoist_layers
 from ttc_jax.search import SearchTokens, aggregate, encode_prompts, search, step
 from ttc_jax.search.api import problem_keys
 from ttc_jax.search.state import init_state
@@ -69,9 +73,9 @@ def host_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
 
     @functools.partial(jax.jit, donate_argnums=2)
     def one_step(pparams, rparams, s, keys, active, i, last):
-        s = step(nnx.merge(pdef, pparams), nnx.merge(rdef, rparams), s, fold_rows(keys, i),
-                 active, strategy=sampler, spec=SPEC, cap=jnp.where(last, t, c),
-                 stop_at_delimiter=~last, width=c)
+        pol, rm = hoist_layers(nnx.merge(pdef, pparams), nnx.merge(rdef, rparams))
+        s = step(pol, rm, s, fold_rows(keys, i), active, strategy=sampler, spec=SPEC,
+                 cap=jnp.where(last, t, c), stop_at_delimiter=~last, width=c)
         return s, aggregate(s.step_scores, s.num_steps, cfg.aggregation)
 
     gather = jax.jit(lambda s, rows: s.gather(rows), donate_argnums=0)
@@ -106,6 +110,76 @@ def host_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
     return run
 
 
+def reference_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
+    """Beam search as search-and-learn runs it: a jitted policy step per iteration, then
+    the PRM re-scores every row's whole prefix (prompt + solution so far, one jitted call
+    padded to a multiple of 16 tokens), then numpy selection."""
+    pdef, pparams = nnx.split(policy)
+    rdef, rparams = nnx.split(prm)
+    n, m, t, c = cfg.n, cfg.beam_width, cfg.max_new_tokens, cfg.max_step_tokens
+    sampler = make_sampler(cfg)
+    capacity = prompts.shape[1] + t
+    prompts_np, lens_np = np.asarray(prompts), np.asarray(lens)
+
+    @jax.jit
+    def start(pparams, prompts, lens, keys):
+        s = init_state(nnx.merge(pdef, pparams), None, prompts, lens, n=n, capacity=capacity,
+                       max_new_tokens=t)
+        return s, row_keys(keys, n)
+
+    @functools.partial(jax.jit, donate_argnums=1)
+    def one_step(pparams, s, keys, active, i, last):
+        return step(nnx.merge(pdef, pparams).hoist_layers(), None, s, fold_rows(keys, i),
+                    active, strategy=sampler, spec=SPEC, cap=jnp.where(last, t, c),
+                    stop_at_delimiter=~last, width=c)
+
+    @jax.jit
+    def rescore(rparams, seqs):
+        return jax.nn.sigmoid(nnx.merge(rdef, rparams)(seqs))
+
+    gather = jax.jit(lambda s, rows: s.gather(rows), donate_argnums=0)
+
+    def run():
+        p = prompts.shape[0]
+        s, keys = start(pparams, prompts, lens, problem_keys(cfg.seed, np.arange(p)))
+        live = np.ones(p, bool)
+        pool = [[] for _ in range(p)]
+        for i in range(cfg.max_steps):
+            last = i == cfg.max_steps - 1
+            active = ~np.asarray(s.done) & np.repeat(live, n)
+            s = one_step(pparams, s, keys, jnp.asarray(active), i, last)
+            done, toks, lens_ = np.asarray(s.done), np.asarray(s.tokens), np.asarray(s.num_tokens)
+            # the PRM re-reads every prefix; the score of the last step is read at the
+            # last non-eos token (a delimiter, or the end of a line cut short)
+            plen = np.repeat(lens_np, n)
+            real = lens_ - (toks[np.arange(len(toks)), np.maximum(lens_ - 1, 0)] == SPEC.eos_id)
+            width = int(-(-int((plen + lens_).max()) // 16) * 16)
+            seqs = np.zeros((len(toks), width), np.int32)
+            for r in range(len(toks)):
+                q = prompts_np[r // n, :plen[r]]
+                seqs[r, :plen[r]] = q
+                seqs[r, plen[r]:plen[r] + lens_[r]] = toks[r, :lens_[r]]
+            probs = np.asarray(rescore(rparams, jnp.asarray(seqs)))
+            agg = probs[np.arange(len(toks)), plen + np.maximum(real, 1) - 1]
+            completed = active & (done | last)
+            eligible = (active & ~completed).reshape(p, n)
+            rows = np.zeros((p, n), np.int64)
+            for q in range(p):
+                for r in np.flatnonzero(completed.reshape(p, n)[q]):
+                    pool[q].append((-agg[q * n + r], len(pool[q]),
+                                    tuple(toks[q * n + r, :lens_[q * n + r]])))
+                ranked = sorted(np.flatnonzero(eligible[q]),
+                                key=lambda r: (-agg[q * n + r], r))[:n // m]  # noqa: B023
+                live[q] = bool(ranked)
+                rows[q] = [q * n + (ranked[j % len(ranked)] if ranked else j) for j in range(n)]
+            if not live.any():
+                break
+            s = gather(s, jnp.asarray(rows.reshape(-1), jnp.int32))
+        return [sorted(pl)[0][2] for pl in pool]
+
+    return run
+
+
 def main():
     policy, prm, kind = models()
     problems = TASK.sample_problems("test", [4, 6], P // 2, seed=0)
@@ -115,31 +189,36 @@ def main():
     def run_cfg(cfg):
         return lambda: jax.block_until_ready(search(policy, prm, prompts, lens, cfg, SPEC))
 
-    beam, bon, host = run_cfg(BEAM), run_cfg(BON), host_loop_beam(policy, prm, prompts, lens,
-                                                                  BEAM)
+    beam, bon = run_cfg(BEAM), run_cfg(BON)
+    host = host_loop_beam(policy, prm, prompts, lens, BEAM)
+    ref = reference_loop_beam(policy, prm, prompts, lens, BEAM)
     rb, rn = beam(), bon()
-    chosen_host = host()
+    chosen_host, chosen_ref = host(), ref()
     rb = jax.tree.map(np.asarray, rb)
     chosen_jit = [tuple(rb.tokens[q, rb.chosen[q], :rb.lengths[q, rb.chosen[q]]])
                   for q in range(P)]
     assert chosen_host == chosen_jit, "host loop and one-jit beam search disagree"
+    same_ref = np.mean([a == b for a, b in zip(chosen_ref, chosen_jit)])
     beam_tok = float(rb.compute.policy_tokens.sum())
     bon_tok = float(np.asarray(rn.compute.policy_tokens).sum())
-    times = {"beam": [], "bon": [], "host": []}
+    times = {"beam": [], "bon": [], "host": [], "ref": []}
     for _ in range(REPEATS):
-        for name, fn in (("beam", beam), ("bon", bon), ("host", host)):
+        for name, fn in (("beam", beam), ("bon", bon), ("host", host), ("ref", ref)):
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    tb, tn, th = (statistics.median(times[k]) for k in ("beam", "bon", "host"))
+    tb, tn, th, tr = (statistics.median(times[k]) for k in ("beam", "bon", "host", "ref"))
     print(f"{kind} models; P={P} problems, N=16, M=4, median of {REPEATS}")
     print(f"{'one-jit beam search':>22}: {tb * 1e3:8.1f} ms  {beam_tok:8.0f} policy tokens  "
           f"{tb / beam_tok * 1e6:7.1f} us/token")
     print(f"{'best-of-N + PRM':>22}: {tn * 1e3:8.1f} ms  {bon_tok:8.0f} policy tokens  "
           f"{tn / bon_tok * 1e6:7.1f} us/token")
-    print(f"{'host-loop beam search':>22}: {th * 1e3:8.1f} ms")
+    print(f"{'host-loop beam search':>22}: {th * 1e3:8.1f} ms  (same step kernel, incremental PRM)")
+    print(f"{'reference-style loop':>22}: {tr * 1e3:8.1f} ms  (full PRM re-scoring per "
+          f"iteration; same choice on {same_ref:.0%} of problems)")
     print(f"RESULT beam_vs_bon_same_tokens={(tb / beam_tok) / (tn / bon_tok):.2f}")
     print(f"RESULT jit_beam_vs_host_loop={th / tb:.2f}")
+    print(f"RESULT jit_beam_vs_reference_loop={tr / tb:.2f}")
 
 
 if __name__ == "__main__":

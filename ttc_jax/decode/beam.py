@@ -122,7 +122,7 @@ def _search(model, prompts, prompt_lens, *, k, max_new_tokens, capacity, eos_ids
                                              "eos_ids", "length_penalty"))
 def _beam_jit(graphdef, params, prompts, prompt_lens, *, k, max_new_tokens, capacity,
               eos_ids, length_penalty):
-    return _search(nnx.merge(graphdef, params), prompts, prompt_lens, k=k,
+    return _search(nnx.merge(graphdef, params).hoist_layers(), prompts, prompt_lens, k=k,
                    max_new_tokens=max_new_tokens, capacity=capacity, eos_ids=eos_ids,
                    length_penalty=length_penalty)
 

@@ -153,7 +153,7 @@ def decode(model: Transformer, state: DecodeState, rng: jax.Array, *,
                                              "strategy", "stop_tokens"))
 def _sample_jit(graphdef, params, prompts, prompt_lens, rng, *, n, capacity, max_new_tokens,
                 strategy, stop_tokens):
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, params).hoist_layers()
     state = prefill(model, prompts, prompt_lens, n=n, capacity=capacity,
                     max_new_tokens=max_new_tokens)
     state = decode(model, state, rng, strategy=strategy, stop_tokens=stop_tokens)

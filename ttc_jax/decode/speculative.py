@@ -42,6 +42,7 @@ from flax import nnx
 from ttc_jax.decode.sampler import check_request
 from ttc_jax.decode.sampling import SamplingStrategy
 from ttc_jax.models.cache import KVCache
+from ttc_jax.models.transformer import hoist_layers
 
 _NEG_INF = -1e30
 
@@ -302,6 +303,7 @@ def spec_decode(target, draft, s: SpecState, rng: jax.Array, *, gamma: int,
 def _spec_jit(t_def, t_params, d_def, d_params, prompts, prompt_lens, rng, *, n, capacity,
               max_new_tokens, gamma, strategy, stop_tokens):
     target, draft = nnx.merge(t_def, t_params), nnx.merge(d_def, d_params)
+    hoist_layers(target, draft)  # per-layer params sliced once, outside the loops
     s = spec_prefill(target, draft, prompts, prompt_lens, n=n, capacity=capacity,
                      max_new_tokens=max_new_tokens)
     s = spec_decode(target, draft, s, rng, gamma=gamma, strategy=strategy,

@@ -82,23 +82,18 @@ def write_positions(lengths: jax.Array, num_new: jax.Array, width: int,
     return jnp.where(t < num_new[:, None], pos, capacity)
 
 
-def update_layer(k_cache: jax.Array, v_cache: jax.Array, k_new: jax.Array, v_new: jax.Array,
-                 slots: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Writes one layer's new keys/values into its cache.
+def update_layer(k_cache: jax.Array, v_cache: jax.Array, layer, k_new: jax.Array,
+                 v_new: jax.Array, slots: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Writes one layer's new keys/values into the stacked cache, in place.
 
     Args:
-      k_cache, v_cache: [B, K, S, H].
+      k_cache, v_cache: [L, B, K, S, H] (all layers: a scatter into the carried buffer
+        touches only the new entries, where rebuilding a layer's slice would copy it).
+      layer: the layer index (int or traced scalar).
       k_new, v_new: [B, T, K, H].
       slots: [B, T] from :func:`write_positions` (out-of-bounds slots are dropped).
     """
-    if k_new.shape[1] == 1:
-        # One token (decode): a fused select over the cache, which attention reads whole
-        # anyway; cheaper than a scatter plus the layout copies it brings.
-        hit = (slots[:, 0, None] == jnp.arange(k_cache.shape[2]))[:, None, :, None]  # [B,1,S,1]
-        k_cache = jnp.where(hit, k_new.transpose(0, 2, 1, 3).astype(k_cache.dtype), k_cache)
-        v_cache = jnp.where(hit, v_new.transpose(0, 2, 1, 3).astype(v_cache.dtype), v_cache)
-        return k_cache, v_cache
-    rows = jnp.arange(k_cache.shape[0])[:, None]  # [B, 1]; indexed dims -> [B, T, K, H]
-    k_cache = k_cache.at[rows, :, slots].set(k_new.astype(k_cache.dtype), mode="drop")
-    v_cache = v_cache.at[rows, :, slots].set(v_new.astype(v_cache.dtype), mode="drop")
+    rows = jnp.arange(k_cache.shape[1])[:, None]  # [B, 1]; indexed dims -> [B, T, K, H]
+    k_cache = k_cache.at[layer, rows, :, slots].set(k_new.astype(k_cache.dtype), mode="drop")
+    v_cache = v_cache.at[layer, rows, :, slots].set(v_new.astype(v_cache.dtype), mode="drop")
     return k_cache, v_cache

@@ -119,6 +119,48 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     return out.reshape(b, t, n, h)
 
 
+def bucket_sizes(capacity: int, smallest: int = 64) -> tuple[int, ...]:
+    """Static key lengths that cached attention may read: ``smallest`` doubling up to the
+    capacity (which is always the last)."""
+    sizes, s = [], smallest
+    while s < capacity:
+        sizes.append(s)
+        s *= 2
+    return tuple(sizes) + (capacity,)
+
+
+def attend_cached(q: jax.Array, k_all: jax.Array, v_all: jax.Array, layer, mask: jax.Array,
+                  bound: jax.Array) -> jax.Array:
+    """Attention over one layer of a KV cache, reading only the slots that can be valid.
+
+    Slots at or past ``bound`` (a traced scalar: max over rows of length + new tokens)
+    are masked for every row, so attention reads the first bucket (``bucket_sizes``) that
+    covers ``bound``: one ``lax.switch`` branch per bucket, each with static shapes. At
+    small models attention over the whole capacity, not the matmuls, dominates a decode
+    step; bounding it makes its cost follow the rows' length instead.
+
+    Args:
+      q: [B, T, N, H]; k_all, v_all: [L, B, K, S, H] (the stacked cache); layer: index
+        into L; mask: [B, T, S]; bound: int32 scalar.
+    """
+    _, b, kh, cap, h = k_all.shape
+    sizes = bucket_sizes(cap)
+
+    def branch(size):
+        def run(q, k_all, v_all, mask):
+            start = (layer, 0, 0, 0, 0)
+            k = jax.lax.dynamic_slice(k_all, start, (1, b, kh, size, h))[0]
+            v = jax.lax.dynamic_slice(v_all, start, (1, b, kh, size, h))[0]
+            return attend(q, k, v, mask[:, :, :size])
+        return run
+
+    if len(sizes) == 1:
+        return branch(cap)(q, k_all, v_all, mask)
+    index = jnp.searchsorted(jnp.asarray(sizes, jnp.int32), bound.astype(jnp.int32))
+    index = jnp.minimum(index, len(sizes) - 1)
+    return jax.lax.switch(index, [branch(size) for size in sizes], q, k_all, v_all, mask)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, n, k, h, pd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, \
@@ -183,7 +225,7 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array, rope, mask: jax.Array,
                  kv: tuple[jax.Array, jax.Array] | None = None,
-                 slots: jax.Array | None = None):
+                 slots: jax.Array | None = None, layer=0, bound=None):
         """x: [B, T, D]; rope: (sin, cos) tables of the positions; mask [B, T, T] (no cache)
         or [B, T, S] (cache).
 
@@ -192,13 +234,32 @@ class Block(nnx.Module):
         """
         q, k, v = self.attn.project_qkv(self.attn_norm(x), rope)
         if kv is not None:
-            kv = update_layer(kv[0], kv[1], k, v, slots)
-            k, v = kv
+            kv = update_layer(kv[0], kv[1], layer, k, v, slots)
+            y = attend_cached(q, kv[0], kv[1], layer, mask, bound)
         else:
             k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, H]
-        x = x + self.attn.out(attend(q, k, v, mask))
+            y = attend(q, k, v, mask)
+        x = x + self.attn.out(y)
         x = x + self.mlp(self.mlp_norm(x))
         return x, kv
+
+
+def _cache_bound(mask: jax.Array) -> jax.Array:
+    """1 + the last cache slot any row may attend to (mask [B, T, S]): slots past it are
+    masked for every row, so cached attention reads only up to it (``attend_cached``)."""
+    return jnp.max(jnp.where(mask, jnp.arange(mask.shape[-1], dtype=jnp.int32) + 1, 0))
+
+
+def _run_blocks(graphdef, blocks, x, rope, mask, kv, slots):
+    """Runs per-layer block states in a Python loop (unrolled), writing the stacked
+    cache ``kv`` in place at each layer. -> (x, kv)."""
+    k_all, v_all = kv
+    bound = _cache_bound(mask)
+    for i, state in enumerate(blocks):
+        x, (k_all, v_all) = nnx.merge(graphdef, state)(
+            x, rope, mask, (k_all, v_all), slots, layer=i, bound=bound)
+        x = logical_constraint(x, ("batch", None, None))
+    return x, (k_all, v_all)
 
 
 class Transformer(nnx.Module):
@@ -250,23 +311,57 @@ class Transformer(nnx.Module):
                 x, _ = jax.lax.scan(body, x, layer_state)
                 return x, None
 
-            def body_cached(x, xs):
-                state, k, v = xs
-                x, (k, v) = nnx.merge(graphdef, state)(x, rope, mask, (k, v), slots)
-                return logical_constraint(x, ("batch", None, None)), (k, v)
-            # One-token decode runs the layers unrolled: per-iteration loop overhead
-            # dominates such tiny steps (on CPU ~30% of a decode step for the small configs).
-            unroll = x.shape[1] == 1
-            x, (k, v) = jax.lax.scan(body_cached, x, (layer_state, kv[0], kv[1]),
-                                     unroll=unroll)
-            return x, (k, v)
+            # The cache (all L' layers) is carried through the layers and written in
+            # place at (layer, row, slot); ys of a scan would rebuild the whole cache on
+            # every call (a full copy per decoded token).
+            if x.shape[1] == 1:
+                # One-token decode runs the layers unrolled: per-iteration loop overhead
+                # dominates such tiny steps (on CPU ~30% of a decode step for small configs).
+                blocks = [jax.tree.map(lambda a: a[i], layer_state)  # noqa: B023
+                          for i in range(kv[0].shape[0])]
+                return _run_blocks(graphdef, blocks, x, rope, mask, kv, slots)
+            k_all, v_all = kv
+            bound = _cache_bound(mask)
+
+            def body_cached(carry, xs):
+                x, k_all, v_all = carry
+                state, i = xs
+                x, (k_all, v_all) = nnx.merge(graphdef, state)(x, rope, mask, (k_all, v_all),
+                                                               slots, layer=i, bound=bound)
+                return (logical_constraint(x, ("batch", None, None)), k_all, v_all), None
+            layers = jnp.arange(k_all.shape[0], dtype=jnp.int32)
+            (x, k_all, v_all), _ = jax.lax.scan(body_cached, (x, k_all, v_all),
+                                                (layer_state, layers))
+            return x, (k_all, v_all)
 
         # Under ``jax.set_mesh(mesh)`` with mesh.stage > 1 the stack runs as a GPipe
         # pipeline over the ``stage`` axis (ttc_jax.parallel.pipeline); otherwise in order.
         kv = None if cache is None else (cache.k, cache.v)
         if pipeline_active():
             return pipeline(stack, layer_state, x, rope, mask, kv, slots)
+        hoisted = self.__dict__.get("_hoisted_layers")
+        if hoisted is not None and kv is not None:
+            return _run_blocks(*hoisted, x, rope, mask, kv, slots)
         return stack(layer_state, x, rope, mask, kv, slots)
+
+    def hoist_layers(self) -> Transformer:
+        """Slices the stacked layer params into per-layer blocks once, here, and makes
+        every later cached call (``extend``) run those blocks in a Python loop.
+
+        Call it inside a jitted function before its decode loop (``lax.while_loop``):
+        a layer's params sliced inside the loop body are copied on every iteration (XLA
+        does not hoist the slice), which on CPU cost about as much as the matmuls of a
+        small model's decode step. Returns self. A no-op for pipelined meshes, whose
+        stages need the stacked layers.
+        """
+        if not pipeline_active():
+            graphdef, state = nnx.split(self.layers)
+            blocks = tuple(jax.tree.map(lambda a: a[i], state)  # noqa: B023
+                           for i in range(self.cfg.num_layers))
+            # A plain attribute (not an nnx field): a view of params the module already
+            # holds, never part of its state.
+            object.__setattr__(self, "_hoisted_layers", (graphdef, blocks))
+        return self
 
     # -- call modes ---------------------------------------------------------------------
 
@@ -310,6 +405,16 @@ class Transformer(nnx.Module):
         """Like :meth:`extend_hidden` but returns logits [B, T, V]."""
         h, cache = self.extend_hidden(tokens, cache, num_new)
         return self.logits_from_hidden(h), cache
+
+
+def hoist_layers(*models):
+    """``hoist_layers`` on each model's transformer (a PRM's is its ``lm``); None skipped.
+    Returns the models."""
+    for m in models:
+        lm = getattr(m, "lm", m)
+        if isinstance(lm, Transformer):
+            lm.hoist_layers()
+    return models
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ttc_jax.config import SearchConfig
+from ttc_jax.models.transformer import hoist_layers
 from ttc_jax.parallel.multihost import replicate, to_host
 from ttc_jax.parallel.rules import shard_tree
 from ttc_jax.search.result import SearchResult
@@ -34,6 +35,7 @@ def _search_jit(policy_def, policy_params, prm_def, prm_params, draft_def, draft
     policy = nnx.merge(policy_def, policy_params)
     prm = None if prm_def is None else nnx.merge(prm_def, prm_params)
     draft = None if draft_def is None else nnx.merge(draft_def, draft_params)
+    hoist_layers(policy, prm, draft)  # per-layer params sliced once, outside the loops
     s = init_state(policy, prm, prompts, prompt_lens, n=strategy.n, capacity=capacity,
                    max_new_tokens=max_new_tokens, draft=draft)
     if draft is not None:  # every step (and lookahead rollout) is generated speculatively

@@ -250,7 +250,7 @@ def student_samples(student, prompts: jax.Array, prompt_lens: jax.Array, rng: ja
     """
     b, p = prompts.shape
     graphdef, params = nnx.split(student)
-    frozen = nnx.merge(graphdef, jax.lax.stop_gradient(params))
+    frozen = nnx.merge(graphdef, jax.lax.stop_gradient(params)).hoist_layers()
     state = prefill(frozen, prompts, prompt_lens, n=1, capacity=p + max_new_tokens,
                     max_new_tokens=max_new_tokens)
     state = decode(frozen, state, rng, strategy=Temperature(temperature),
