@@ -2,11 +2,15 @@
 step's new tokens only, ``ttc_jax.search.score_new``) vs full re-scoring of every prefix
 after each step (how search-and-learn scores).
 
-P=4 problems x N=16 rows, 8 steps each (solutions of 7-op arithmetic problems: 7 steps + the answer
-line), the PRM at the shipped size (random init: timing does not depend on weights).
-Both are one jit call over all 8 iterations, prefill included; full re-scoring pads each
-iteration's prefixes to a multiple of 16. Runs alternate; median of REPEATS. The two must
-give the same step scores (checked).
+P=4 problems x N=16 rows, 8 steps each: row (p, i) is problem p's prompt followed by a
+stand-in candidate, the solution of another 7-op arithmetic problem (7 steps + the answer
+line; scoring time depends only on lengths). The PRM is at the shipped size (random init).
+Incremental scoring works as search does (``search.state.init_state``): the PRM prefills
+each problem's prompt once and copies the cache to its N rows, then reads each step's new
+tokens in blocks of 16. Full re-scoring reads every row's prompt + solution so far after
+each step, padded to a multiple of 16. Both are one jit call over all 8 iterations,
+prefill included. Runs alternate; median of REPEATS. The two must give the same step
+scores (checked).
 
   RESULT incremental_vs_full_rescore=<full time / incremental time>
 """
@@ -39,9 +43,10 @@ SPEC = SearchTokens.from_task(TASK)
 
 def make_data():
     tok = TASK.tokenizer
-    problems = TASK.sample_problems("test", [STEPS - 1], R, seed=0)
-    prompts = [tok.encode(TASK.prompt_text(p), add_bos=True) for p in problems]
-    sols = [tok.encode(TASK.solution_text(p)) for p in problems]
+    problems = TASK.sample_problems("test", [STEPS - 1], P + R, seed=0)
+    prompts = [tok.encode(TASK.prompt_text(p), add_bos=True)
+               for p in problems[:P] for _ in range(N)]  # row p*N + i: problem p
+    sols = [tok.encode(TASK.solution_text(p)) for p in problems[P:]]
     pw = round_up(max(map(len, prompts)), 16)
     tw = round_up(max(map(len, sols)), 16)
     prompt_arr = np.zeros((R, pw), np.int32)
@@ -59,8 +64,9 @@ def incremental(graphdef, params, prompts, plens, sols, ends):
     prm = nnx.merge(graphdef, params)
     hoist_layers(prm)  # as search does: per-layer params sliced once, outside the loop
     t = sols.shape[1]
-    cache = KVCache.init(CFG, R, prompts.shape[1] + t)
-    _, cache = prm.extend(prompts, cache, plens)
+    cache = KVCache.init(CFG, P, prompts.shape[1] + t)
+    _, cache = prm.extend(prompts[::N], cache, plens[::N])  # once per problem
+    cache = cache.repeat(N)
     zi, zb = jnp.zeros((R,), jnp.int32), jnp.zeros((R,), bool)
     s = SearchState(cache=None, logits=None, prm_cache=cache, tokens=sols, num_tokens=zi,
                     line_start=zi, step_scores=jnp.zeros((R, t)), step_pos=jnp.zeros((R, t),
@@ -107,7 +113,7 @@ def main():
             acc.append(time.perf_counter() - t0)
     a, b = statistics.median(t_inc), statistics.median(t_full)
     toks_full = sum(R * w for w in widths)
-    toks_inc = R * (prompts.shape[1] + STEPS * WIDTH)
+    toks_inc = P * prompts.shape[1] + R * STEPS * WIDTH
     print(f"PRM {CFG.num_params():,} params, P={P} problems x N={N} rows x {STEPS} steps, "
           f"median of {REPEATS}")
     print(f"{'incremental (KV cache)':>24}: {a * 1e3:8.2f} ms  ({toks_inc} token slots)")

@@ -129,3 +129,49 @@ def test_untied_and_bias_variant_also_decodes_incrementally():
 def test_bad_model_config_raises_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(**kwargs)
+
+
+def test_cached_attention_reads_only_the_bucket_covering_every_row():
+    """attend_cached over the first bucket >= bound equals attention over the whole cache
+    (slots past the bound are masked for every row), in every bucket."""
+    from ttc_jax.models.transformer import attend, attend_cached, bucket_sizes
+
+    cap = 200
+    assert bucket_sizes(cap) == (64, 128, 200) and bucket_sizes(48) == (48,)
+    rng = np.random.RandomState(0)
+    q = jnp.asarray(rng.randn(3, 2, 4, 8), jnp.float32)
+    k_all = jnp.asarray(rng.randn(2, 3, 2, cap, 8), jnp.float32)
+    v_all = jnp.asarray(rng.randn(2, 3, 2, cap, 8), jnp.float32)
+    fn = jax.jit(attend_cached)
+    for lengths in ([5, 30, 60], [70, 3, 127], [199, 0, 150]):
+        pos = jnp.asarray(lengths)[:, None] + jnp.arange(2)[None, :]  # [B, T]
+        mask = jnp.arange(cap)[None, None, :] <= pos[:, :, None]
+        bound = jnp.max(pos) + 1
+        for layer in (0, 1):
+            want = attend(q, k_all[layer], v_all[layer], mask)
+            np.testing.assert_allclose(fn(q, k_all, v_all, layer, mask, bound), want,
+                                       atol=1e-6)
+
+
+def test_hoisted_layers_give_the_same_decode_as_the_stacked_layers(model):
+    """hoist_layers (per-layer params sliced once, Python loop) is the same computation as
+    the scan over stacked layers: prefill + 3 decode steps inside one jit, both ways."""
+    graphdef, params = nnx.split(model)
+    tokens = jnp.asarray(np.random.RandomState(1).randint(1, model.cfg.vocab_size, (2, 7)))
+
+    def run(params, hoist):
+        m = nnx.merge(graphdef, params)
+        if hoist:
+            m.hoist_layers()
+        cache = KVCache.init(m.cfg, 2, 80)
+        logits, cache = m.extend(tokens[:, :4], cache, jnp.asarray([4, 3]))
+        outs = [logits]
+        for t in range(4, 7):
+            logits, cache = m.extend(tokens[:, t:t + 1], cache)
+            outs.append(logits)
+        return jnp.concatenate(outs, axis=1), cache.k
+
+    a, b = jax.jit(run, static_argnums=1)(params, True), jax.jit(run, static_argnums=1)(
+        params, False)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-6)
