@@ -57,38 +57,25 @@ def models():
         return init_model(pol, seed=0), prm, "random-init"
 
 
-def host_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
-    """Beam search driven from Python: a jitted step per iteration, numpy selection."""
-    pdef, pparams = nnx.split(policy)
-    rdef, rparams = nnx.split(prm)
-    n, m, t, c = cfg.n, cfg.beam_width, cfg.max_new_tokens, cfg.max_step_tokens
-    sampler = make_sampler(cfg)
-    capacity = prompts.shape[1] + t
+def host_driven_beam(start, advance, p: int, cfg: SearchConfig):
+    """The host side of a beam search driven from Python (how search-and-learn runs it):
+    ``advance`` runs one jitted iteration and returns each row's aggregated score, then
+    numpy keeps the completed pool, ranks the live rows, and a jitted gather reorders them.
 
-    @jax.jit
-    def start(pparams, rparams, prompts, lens, keys):
-        s = init_state(nnx.merge(pdef, pparams), nnx.merge(rdef, rparams), prompts, lens,
-                       n=n, capacity=capacity, max_new_tokens=t)
-        return s, row_keys(keys, n)
-
-    @functools.partial(jax.jit, donate_argnums=2)
-    def one_step(pparams, rparams, s, keys, active, i, last):
-        pol, rm = hoist_layers(nnx.merge(pdef, pparams), nnx.merge(rdef, rparams))
-        s = step(pol, rm, s, fold_rows(keys, i), active, strategy=sampler, spec=SPEC,
-                 cap=jnp.where(last, t, c), stop_at_delimiter=~last, width=c)
-        return s, aggregate(s.step_scores, s.num_steps, cfg.aggregation)
-
+    start() -> (state, keys); advance(state, keys, active [R] bool, i, last) -> (state,
+    scores [R]). Returns run() -> the chosen tokens per problem.
+    """
+    n, m = cfg.n, cfg.beam_width
     gather = jax.jit(lambda s, rows: s.gather(rows), donate_argnums=0)
 
     def run():
-        p = prompts.shape[0]
-        s, keys = start(pparams, rparams, prompts, lens, problem_keys(cfg.seed, np.arange(p)))
+        s, keys = start()
         live = np.ones(p, bool)
         pool = [[] for _ in range(p)]  # (-score, order, tokens)
         for i in range(cfg.max_steps):
             last = i == cfg.max_steps - 1
             active = ~np.asarray(s.done) & np.repeat(live, n)
-            s, agg = one_step(pparams, rparams, s, keys, jnp.asarray(active), i, last)
+            s, agg = advance(s, keys, active, i, last)
             done, agg = np.asarray(s.done), np.asarray(agg)
             toks, lens_ = np.asarray(s.tokens), np.asarray(s.num_tokens)
             completed = active & (done | last)
@@ -110,16 +97,46 @@ def host_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
     return run
 
 
+def host_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
+    """Host-driven beam search with the one-jit search's own step kernel (incremental PRM
+    scoring): only the loop and the selection move to the host."""
+    pdef, pparams = nnx.split(policy)
+    rdef, rparams = nnx.split(prm)
+    n, t, c = cfg.n, cfg.max_new_tokens, cfg.max_step_tokens
+    sampler = make_sampler(cfg)
+    capacity = prompts.shape[1] + t
+
+    @jax.jit
+    def start(pparams, rparams, prompts, lens, keys):
+        s = init_state(nnx.merge(pdef, pparams), nnx.merge(rdef, rparams), prompts, lens,
+                       n=n, capacity=capacity, max_new_tokens=t)
+        return s, row_keys(keys, n)
+
+    @functools.partial(jax.jit, donate_argnums=2)
+    def one_step(pparams, rparams, s, keys, active, i, last):
+        pol, rm = hoist_layers(nnx.merge(pdef, pparams), nnx.merge(rdef, rparams))
+        s = step(pol, rm, s, fold_rows(keys, i), active, strategy=sampler, spec=SPEC,
+                 cap=jnp.where(last, t, c), stop_at_delimiter=~last, width=c)
+        return s, aggregate(s.step_scores, s.num_steps, cfg.aggregation)
+
+    p = prompts.shape[0]
+    return host_driven_beam(
+        lambda: start(pparams, rparams, prompts, lens, problem_keys(cfg.seed, np.arange(p))),
+        lambda s, keys, active, i, last: one_step(pparams, rparams, s, keys,
+                                                  jnp.asarray(active), i, last),
+        p, cfg)
+
+
 def reference_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
     """Beam search as search-and-learn runs it: a jitted policy step per iteration, then
     the PRM re-scores every row's whole prefix (prompt + solution so far, one jitted call
     padded to a multiple of 16 tokens), then numpy selection."""
     pdef, pparams = nnx.split(policy)
     rdef, rparams = nnx.split(prm)
-    n, m, t, c = cfg.n, cfg.beam_width, cfg.max_new_tokens, cfg.max_step_tokens
+    n, t, c = cfg.n, cfg.max_new_tokens, cfg.max_step_tokens
     sampler = make_sampler(cfg)
     capacity = prompts.shape[1] + t
-    prompts_np, lens_np = np.asarray(prompts), np.asarray(lens)
+    prompts_np, plen = np.asarray(prompts), np.repeat(np.asarray(lens), n)
 
     @jax.jit
     def start(pparams, prompts, lens, keys):
@@ -137,47 +154,24 @@ def reference_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
     def rescore(rparams, seqs):
         return jax.nn.sigmoid(nnx.merge(rdef, rparams)(seqs))
 
-    gather = jax.jit(lambda s, rows: s.gather(rows), donate_argnums=0)
+    def advance(s, keys, active, i, last):
+        s = one_step(pparams, s, keys, jnp.asarray(active), i, last)
+        # The PRM re-reads every prefix; the last step's score sits at the last non-eos
+        # token (a delimiter, or the end of a line cut short).
+        toks, lens_ = np.asarray(s.tokens), np.asarray(s.num_tokens)
+        real = lens_ - (toks[np.arange(len(toks)), np.maximum(lens_ - 1, 0)] == SPEC.eos_id)
+        width = int(-(-int((plen + lens_).max()) // 16) * 16)
+        seqs = np.zeros((len(toks), width), np.int32)
+        for r in range(len(toks)):
+            seqs[r, :plen[r]] = prompts_np[r // n, :plen[r]]
+            seqs[r, plen[r]:plen[r] + lens_[r]] = toks[r, :lens_[r]]
+        probs = np.asarray(rescore(rparams, jnp.asarray(seqs)))
+        return s, probs[np.arange(len(toks)), plen + np.maximum(real, 1) - 1]
 
-    def run():
-        p = prompts.shape[0]
-        s, keys = start(pparams, prompts, lens, problem_keys(cfg.seed, np.arange(p)))
-        live = np.ones(p, bool)
-        pool = [[] for _ in range(p)]
-        for i in range(cfg.max_steps):
-            last = i == cfg.max_steps - 1
-            active = ~np.asarray(s.done) & np.repeat(live, n)
-            s = one_step(pparams, s, keys, jnp.asarray(active), i, last)
-            done, toks, lens_ = np.asarray(s.done), np.asarray(s.tokens), np.asarray(s.num_tokens)
-            # the PRM re-reads every prefix; the score of the last step is read at the
-            # last non-eos token (a delimiter, or the end of a line cut short)
-            plen = np.repeat(lens_np, n)
-            real = lens_ - (toks[np.arange(len(toks)), np.maximum(lens_ - 1, 0)] == SPEC.eos_id)
-            width = int(-(-int((plen + lens_).max()) // 16) * 16)
-            seqs = np.zeros((len(toks), width), np.int32)
-            for r in range(len(toks)):
-                q = prompts_np[r // n, :plen[r]]
-                seqs[r, :plen[r]] = q
-                seqs[r, plen[r]:plen[r] + lens_[r]] = toks[r, :lens_[r]]
-            probs = np.asarray(rescore(rparams, jnp.asarray(seqs)))
-            agg = probs[np.arange(len(toks)), plen + np.maximum(real, 1) - 1]
-            completed = active & (done | last)
-            eligible = (active & ~completed).reshape(p, n)
-            rows = np.zeros((p, n), np.int64)
-            for q in range(p):
-                for r in np.flatnonzero(completed.reshape(p, n)[q]):
-                    pool[q].append((-agg[q * n + r], len(pool[q]),
-                                    tuple(toks[q * n + r, :lens_[q * n + r]])))
-                ranked = sorted(np.flatnonzero(eligible[q]),
-                                key=lambda r: (-agg[q * n + r], r))[:n // m]  # noqa: B023
-                live[q] = bool(ranked)
-                rows[q] = [q * n + (ranked[j % len(ranked)] if ranked else j) for j in range(n)]
-            if not live.any():
-                break
-            s = gather(s, jnp.asarray(rows.reshape(-1), jnp.int32))
-        return [sorted(pl)[0][2] for pl in pool]
-
-    return run
+    p = prompts.shape[0]
+    return host_driven_beam(
+        lambda: start(pparams, prompts, lens, problem_keys(cfg.seed, np.arange(p))),
+        advance, p, cfg)
 
 
 def main():
