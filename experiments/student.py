@@ -8,7 +8,12 @@ same data for the same number of steps (the baseline distillation must beat).
 
 Variants: '' (logit distillation, forward KL at τ=2 mixed 50/50 with CE), 'scratch'
 (kind=policy: plain cross-entropy), 'on_policy' (GKD: half the steps on student samples,
-generalized JSD β=0.5), 'local' / 'on_policy_local' (CPU smoke runs).
+generalized JSD β=0.5), 'local' / 'on_policy_local' (CPU smoke runs), and the 10,000-step
+pair 'scratch_long' (the shipped ``student``) / 'long' (forward KL at τ=1, α=0.5: the
+shipped ``student_distilled``):
+
+  python launch/train.py --config=experiments/student.py:scratch_long --workdir=workdirs/student10k_scratch
+  python launch/distill.py --config=experiments/student.py:long --workdir=workdirs/student10k_kd
 """
 
 import importlib.util
@@ -21,7 +26,8 @@ _spec = importlib.util.spec_from_file_location(
 policy_small = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(policy_small)
 
-VARIANTS = ("", "scratch", "on_policy", "local", "scratch_local", "on_policy_local")
+VARIANTS = ("", "scratch", "on_policy", "local", "scratch_local", "on_policy_local",
+            "scratch_long", "long")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -37,12 +43,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.model.update(d_model=32, num_layers=1, mlp_dim=64)
         c.train.update(num_steps=30, batch_size=8, save_every=10, log_every=10,
                        eval_every=30, eval_problems=4, warmup_steps=5)
+    if variant in ("scratch_long", "long"):
+        c.train.update(num_steps=10000, eval_every=2500, eval_problems=100, save_every=500)
     if variant.startswith("scratch"):
         c.kind = "policy"
         return c
     c.kind = "distill"
     c.distill = dict(mode="logit", teacher="teacher", loss="forward_kl", temperature=2.0,
                      alpha=0.5, beta=0.5, on_policy_fraction=0.5, sample_temperature=1.0)
+    if variant == "long":
+        c.distill.update(temperature=1.0)
     if variant.startswith("on_policy"):
         c.distill.update(mode="on_policy", loss="jsd", temperature=1.0, alpha=0.5)
     return c
