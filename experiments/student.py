@@ -12,7 +12,8 @@ generalized JSD β=0.5), 'local' / 'on_policy_local' (CPU smoke runs), and the 1
 pair 'scratch_long' (the shipped ``student``) / 'long' (forward KL at τ=1, α=0.5: the
 shipped ``student_distilled``):
 
-  python launch/train.py --config=experiments/student.py:scratch_long --workdir=workdirs/student10k_scratch
+  python launch/train.py --config=experiments/student.py:scratch_long \
+      --workdir=workdirs/student10k_scratch
   python launch/distill.py --config=experiments/student.py:long --workdir=workdirs/student10k_kd
 """
 
