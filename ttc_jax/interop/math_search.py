@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
 from ttc_jax.config import SearchConfig
 from ttc_jax.eval.prm_quality import vote
-from ttc_jax.search import SearchTokens, search
+from ttc_jax.search import SearchTokens, encode_prompts, search_batches
 from ttc_jax.tasks.math import MathTask, is_equiv
 
 ANSWER_MARKER = "Therefore, the final answer is"
@@ -98,45 +97,33 @@ def select_answers(answers: Sequence[str | None], scores: Sequence[float]) -> di
 def search_math(policy, prm, tokenizer, task: MathTask, problems: Sequence, cfg: SearchConfig,
                 *, batch_size: int = 8, prompt_multiple: int = 64) -> list[dict]:
     """One JSON-ready row per problem: candidates, the three choices and their grades."""
-    spec = hf_search_tokens(tokenizer)
-    seqs = [tokenizer.encode(task.prompt_text(p)) for p in problems]
-    width = -(-max(map(len, seqs)) // prompt_multiple) * prompt_multiple
-    prompts = np.full((len(seqs), width), tokenizer.pad_id, np.int32)
-    for i, s in enumerate(seqs):
-        prompts[i, :len(s)] = s
-    lens = np.asarray([len(s) for s in seqs], np.int32)
-    if width + cfg.max_new_tokens > policy.cfg.max_seq_len:
-        raise ValueError(f"prompt width {width} + max_new_tokens={cfg.max_new_tokens} > "
-                         f"policy max_seq_len={policy.cfg.max_seq_len}; load the policy with "
-                         f"a larger max_seq_len or lower max_new_tokens")
+    # the chat template carries its own bos
+    prompts, lens = encode_prompts(task, problems, prompt_multiple, tokenizer=tokenizer,
+                                   add_bos=False)
     rows = []
-    for start in range(0, len(problems), batch_size):
-        idx = np.arange(start, start + batch_size)
-        take = np.minimum(idx, len(problems) - 1)  # filler rows repeat the last problem
-        res = jax.tree.map(np.asarray, search(policy, prm, prompts[take], lens[take], cfg,
-                                              spec, problem_ids=idx))
-        for b in range(min(batch_size, len(problems) - start)):
-            p = problems[start + b]
-            valid = np.flatnonzero(res.valid[b])
-            texts = [tokenizer.decode_until_eos(res.tokens[b, j, :res.lengths[b, j]])
-                     for j in valid]
-            answers = [task.extract_answer(t) for t in texts]
-            scores = [float(res.scores[b, j]) for j in valid]
-            pick = select_answers(answers, scores)
-            rows.append({
-                "uid": p.uid, "level": p.difficulty, "method": cfg.method, "n": cfg.n,
-                "beam_width": cfg.beam_width, "aggregation": cfg.aggregation,
-                "reference": p.answer,
-                **{f"pred_{k}": v for k, v in pick.items()},
-                **{f"correct_{k}": is_equiv(v, p.answer) for k, v in pick.items()},
-                "oracle": any(is_equiv(a, p.answer) for a in answers),
-                "candidate_answers": answers, "candidate_scores": scores,
-                "best_text": texts[int(np.argmax(scores))] if texts else "",
-                "policy_tokens": float(res.compute.policy_tokens[b]),
-                "policy_flops": float(res.compute.policy_flops[b]),
-                "prm_tokens": float(res.compute.prm_tokens[b]),
-                "prm_flops": float(res.compute.prm_flops[b]),
-            })
+    for i, res, b in search_batches(policy, prm, prompts, lens, cfg,
+                                    hf_search_tokens(tokenizer), batch_size=batch_size):
+        p = problems[i]
+        valid = np.flatnonzero(res.valid[b])
+        texts = [tokenizer.decode_until_eos(res.tokens[b, j, :res.lengths[b, j]])
+                 for j in valid]
+        answers = [task.extract_answer(t) for t in texts]
+        scores = [float(res.scores[b, j]) for j in valid]
+        pick = select_answers(answers, scores)
+        rows.append({
+            "uid": p.uid, "level": p.difficulty, "method": cfg.method, "n": cfg.n,
+            "beam_width": cfg.beam_width, "aggregation": cfg.aggregation,
+            "reference": p.answer,
+            **{f"pred_{k}": v for k, v in pick.items()},
+            **{f"correct_{k}": is_equiv(v, p.answer) for k, v in pick.items()},
+            "oracle": any(is_equiv(a, p.answer) for a in answers),
+            "candidate_answers": answers, "candidate_scores": scores,
+            "best_text": texts[int(np.argmax(scores))] if texts else "",
+            "policy_tokens": float(res.compute.policy_tokens[b]),
+            "policy_flops": float(res.compute.policy_flops[b]),
+            "prm_tokens": float(res.compute.prm_tokens[b]),
+            "prm_flops": float(res.compute.prm_flops[b]),
+        })
     return rows
 
 

@@ -120,10 +120,14 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
     return to_host(res) if mesh is not None and jax.process_count() > 1 else res
 
 
-def encode_prompts(task, problems, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """[P, W] right-padded prompt ids (bos first; W rounded up to ``multiple``), [P] lengths."""
-    tok = task.tokenizer
-    seqs = [tok.encode(task.prompt_text(p), add_bos=True) for p in problems]
+def encode_prompts(task, problems, multiple: int = 16, *, tokenizer=None,
+                   add_bos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """[P, W] right-padded prompt ids (W rounded up to ``multiple``), [P] lengths.
+
+    ``tokenizer`` defaults to the task's; ``add_bos=False`` for prompt texts that carry
+    their own (chat templates)."""
+    tok = task.tokenizer if tokenizer is None else tokenizer
+    seqs = [tok.encode(task.prompt_text(p), add_bos=add_bos) for p in problems]
     width = -(-max(len(s) for s in seqs) // multiple) * multiple
     out = np.full((len(seqs), width), tok.pad_id, np.int32)
     for i, s in enumerate(seqs):
@@ -140,24 +144,37 @@ def search_problems(policy, prm, task, problems: Sequence, cfg: SearchConfig, *,
     problems = list(problems)
     if not problems:
         raise ValueError("no problems given")
-    tok = task.tokenizer
-    spec = SearchTokens.from_task(task)
     prompts, lens = encode_prompts(task, problems, prompt_multiple)
-    max_len = max(policy.cfg.max_seq_len, 0)
+    return [_row(task, task.tokenizer, problems[i], res, b, cfg)
+            for i, res, b in search_batches(policy, prm, prompts, lens, cfg,
+                                            SearchTokens.from_task(task),
+                                            batch_size=batch_size, mesh=mesh, draft=draft,
+                                            gamma=gamma)]
+
+
+def search_batches(policy, prm, prompts: np.ndarray, lens: np.ndarray, cfg: SearchConfig,
+                   spec: SearchTokens, *, batch_size: int, mesh=None, draft=None,
+                   gamma: int = 4):
+    """Searches encoded prompts in batches of ``batch_size`` (the last one padded with
+    copies of the last prompt, so one compiled program serves every batch).
+
+    Yields (problem index, host SearchResult of its batch, row in that batch) for every
+    problem in order. Raises early when a prompt plus the token budget cannot fit."""
+    max_len = policy.cfg.max_seq_len
     if prompts.shape[1] + cfg.max_new_tokens > max_len:
         raise ValueError(f"prompt width {prompts.shape[1]} + max_new_tokens="
                          f"{cfg.max_new_tokens} > policy max_seq_len={max_len}; lower "
-                         f"search.max_new_tokens")
-    rows = []
-    for start in range(0, len(problems), batch_size):
+                         f"search.max_new_tokens (or load the policy with a larger "
+                         f"max_seq_len)")
+    n = prompts.shape[0]
+    for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)
-        take = np.minimum(idx, len(problems) - 1)  # filler rows repeat the last problem
+        take = np.minimum(idx, n - 1)  # filler rows repeat the last problem
         res = search(policy, prm, prompts[take], lens[take], cfg, spec, problem_ids=idx,
                      mesh=mesh, draft=draft, gamma=gamma)
         res = jax.tree.map(np.asarray, res)
-        for b in range(min(batch_size, len(problems) - start)):
-            rows.append(_row(task, tok, problems[start + b], res, b, cfg))
-    return rows
+        for b in range(min(batch_size, n - start)):
+            yield start + b, res, b
 
 
 def _row(task, tok, problem, res: SearchResult, b: int, cfg: SearchConfig) -> dict:
