@@ -229,8 +229,9 @@ class Block(nnx.Module):
         """x: [B, T, D]; rope: (sin, cos) tables of the positions; mask [B, T, T] (no cache)
         or [B, T, S] (cache).
 
-        With ``kv`` ([B, K, S, H] each) the new keys/values are written at ``slots`` and
-        attention reads the whole cache. Returns (x, kv).
+        With ``kv`` (the stacked cache, [L, B, K, S, H] each) this block's new keys/values
+        are written in place at (``layer``, row, ``slots``) and attention reads that
+        layer's slots below ``bound`` (``attend_cached``). Returns (x, kv).
         """
         q, k, v = self.attn.project_qkv(self.attn_norm(x), rope)
         if kv is not None:
