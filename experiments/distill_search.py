@@ -3,7 +3,11 @@ PRM run weighted best-of-N on training problems; the selected solutions (no grad
 the distilled student. Variant 'expert': expert iteration, the student searches for itself
 for two rounds; 'from_scratch': start from the student trained from scratch (same search
 data); 'from_scratch_replay': the same with half the steps on the canonical training data,
-300 steps at a lower learning rate (600 steps on 480 solutions over-fit them).
+300 steps at a lower learning rate (600 steps on 480 solutions over-fit them); 'self':
+expert iteration without a teacher or a grader, the student trained from scratch for 3,000
+steps searches for itself (weighted best-of-16 with the PRM on 4,000 training problems),
+keeps the selected solutions the PRM is confident in (min-aggregated score >= 0.9) and is
+fine-tuned on them, for two rounds.
 
   python launch/distill.py --config=experiments/distill_search.py --workdir=workdirs/distill_search
   python launch/distill.py --config=experiments/distill_search.py:local --workdir=/tmp/ds
@@ -19,7 +23,7 @@ _spec = importlib.util.spec_from_file_location(
 student = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(student)
 
-VARIANTS = ("", "expert", "from_scratch", "from_scratch_replay", "local")
+VARIANTS = ("", "expert", "from_scratch", "from_scratch_replay", "self", "local")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -40,6 +44,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.train.update(num_steps=300, learning_rate=3e-4, warmup_steps=30, eval_every=300)
     if variant == "expert":
         c.distill.update(search_policy="student", rounds=2)
+    if variant == "self":  # the 3,000-step scratch student improves on its own search
+        c.distill.update(init="workdirs/student_scratch/model", search_policy="student",
+                         search_problems=500, rounds=2, min_score=0.9,
+                         search=dict(method="weighted_best_of_n", n=16, aggregation="min",
+                                     max_new_tokens=128, temperature=1.0, seed=0))
+        c.train.update(num_steps=400, learning_rate=1e-3, warmup_steps=40, eval_every=400,
+                       eval_problems=100)
     if variant == "local":
         c.distill.update(search_problems=2, search=dict(method="weighted_best_of_n", n=2,
                                                         aggregation="min", max_new_tokens=96))

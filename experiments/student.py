@@ -10,7 +10,9 @@ Variants: '' (logit distillation, forward KL at τ=2 mixed 50/50 with CE), 'scra
 (kind=policy: plain cross-entropy), 'on_policy' (GKD: half the steps on student samples,
 generalized JSD β=0.5), 'local' / 'on_policy_local' (CPU smoke runs), and the 10,000-step
 pair 'scratch_long' (the shipped ``student``) / 'long' (forward KL at τ=1, α=0.5: the
-shipped ``student_distilled``):
+shipped ``student_distilled``), and the finite-data trio 'finite_scratch' / 'finite'
+(forward KL τ=1) / 'finite_on_policy' (GKD), all on the same fixed training set of
+FINITE_PROBLEMS problems per difficulty (``train.train_problems``):
 
   python launch/train.py --config=experiments/student.py:scratch_long \
       --workdir=workdirs/student10k_scratch
@@ -28,7 +30,8 @@ policy_small = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(policy_small)
 
 VARIANTS = ("", "scratch", "on_policy", "local", "scratch_local", "on_policy_local",
-            "scratch_long", "long")
+            "scratch_long", "long", "finite_scratch", "finite", "finite_on_policy")
+FINITE_PROBLEMS = 128  # per difficulty: the fixed training set of the 'finite*' variants
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -46,14 +49,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                        eval_every=30, eval_problems=4, warmup_steps=5)
     if variant in ("scratch_long", "long"):
         c.train.update(num_steps=10000, eval_every=2500, eval_problems=100, save_every=500)
-    if variant.startswith("scratch"):
+    if variant.startswith("finite"):
+        c.train.update(train_problems=FINITE_PROBLEMS, eval_problems=100)
+    if variant.startswith("scratch") or variant == "finite_scratch":
         c.kind = "policy"
         return c
     c.kind = "distill"
     c.distill = dict(mode="logit", teacher="teacher", loss="forward_kl", temperature=2.0,
-                     alpha=0.5, beta=0.5, on_policy_fraction=0.5, sample_temperature=1.0)
-    if variant == "long":
+                     alpha=0.5, beta=0.5, on_policy_fraction=0.5, sample_temperature=1.0,
+                     hidden_weight=0.0)
+    if variant in ("long", "finite"):
         c.distill.update(temperature=1.0)
-    if variant.startswith("on_policy"):
+    if variant.startswith("on_policy") or variant == "finite_on_policy":
         c.distill.update(mode="on_policy", loss="jsd", temperature=1.0, alpha=0.5)
     return c

@@ -1,6 +1,7 @@
 """Distillation: each divergence equals its formula, masks and the teacher's freezing work,
 on-policy samples are packed right, and short runs learn and resume."""
 
+import dataclasses
 import json
 import shutil
 
@@ -17,9 +18,13 @@ from ttc_jax.tasks import get_task
 from ttc_jax.train import data
 from ttc_jax.train.distill import (
     DistillConfig,
+    FeatureStudent,
     divergence,
     forward_kl,
     generalized_jsd,
+    hidden_state_loss,
+    kept_rows,
+    layer_map,
     make_distill_loss,
     on_policy_step,
     prompt_batch,
@@ -97,6 +102,8 @@ def test_unknown_loss_and_bad_settings_raise():
         DistillConfig(temperature=0.0)
     with pytest.raises(ValueError, match="alpha"):
         DistillConfig(alpha=1.5)
+    with pytest.raises(ValueError, match="min_score"):
+        DistillConfig(min_score=1.5)
 
 
 TASK = get_task("arithmetic")
@@ -163,6 +170,53 @@ def test_padding_does_not_change_the_loss_and_the_teacher_gets_no_gradient(model
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
 
 
+def test_layer_outputs_end_in_the_final_hidden_state():
+    model = init_model(dataclasses.replace(T_CFG, num_layers=3), seed=2)
+    tokens = data.lm_batch(TASK, TRAIN, 1)["tokens"]
+    h, layers = model.hidden(tokens, return_layers=True)
+    assert layers.shape == (3, *tokens.shape, T_CFG.d_model)
+    np.testing.assert_allclose(h, model.hidden(tokens), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.final_norm(layers[-1]), h, rtol=1e-5, atol=1e-5)
+    assert layer_map(2, 4) == (1, 3) and layer_map(2, 3) == (1, 2) and layer_map(3, 3) == (0, 1, 2)
+
+
+def test_hidden_state_loss_equals_its_formula():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(2, 3, 5, 4)), 3.0 * rng.normal(size=(3, 3, 5, 6))
+    proj, mask = rng.normal(size=(2, 4, 6)), (rng.random((3, 5)) > 0.3).astype(np.float32)
+    got = hidden_state_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(proj), (0, 2),
+                            jnp.asarray(mask))
+    tn = t[[0, 2]] / np.sqrt((t[[0, 2]] ** 2).mean(-1, keepdims=True))
+    err = ((np.einsum("lbtd,lde->lbte", s, proj) - tn) ** 2).mean(axis=(0, 3))
+    np.testing.assert_allclose(got, (err * mask).sum() / mask.sum(), rtol=1e-4)
+
+
+def test_hidden_state_distillation_trains_the_maps_and_exports_the_plain_student(
+        tmp_path, models):
+    teacher, student = models
+    dcfg = DistillConfig(alpha=0.5, hidden_weight=2.0)
+    t_def, t_params = nnx.split(teacher)
+    loss_fn = make_distill_loss(dcfg, t_def)
+    batch = dict(data.lm_batch(TASK, TRAIN, 2), teacher=t_params)
+    fs = FeatureStudent(student, teacher.cfg, seed=0)
+    loss, metrics = loss_fn(fs, batch)
+    plain, plain_metrics = make_distill_loss(DistillConfig(alpha=0.5), t_def)(student, batch)
+    np.testing.assert_allclose(loss, plain + 2.0 * metrics["hidden"], rtol=1e-5)
+    assert "hidden" not in plain_metrics
+    f_def, f_params = nnx.split(fs)
+    grads = nnx.to_pure_dict(jax.grad(
+        lambda p: loss_fn(nnx.merge(f_def, p), batch)[0])(f_params))
+    assert float(jnp.abs(grads["proj"]).max()) > 0
+    cfg = _config(tmp_path, "logit", steps=20)
+    cfg["distill"]["hidden_weight"] = 1.0
+    model, _ = train_distill(cfg, tmp_path / "run")
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "hidden" in r]
+    assert rows[-1]["hidden"] < rows[0]["hidden"], rows
+    assert load_model(tmp_path / "run" / "model").cfg == S_CFG  # the maps are not exported
+    with pytest.raises(ValueError, match="hidden_weight"):
+        DistillConfig(hidden_weight=-1.0)
+
+
 def test_student_samples_are_packed_after_their_prompts(models):
     _, student = models
     batch = prompt_batch(TASK, TRAIN, 0)
@@ -201,6 +255,14 @@ def test_sequence_batch_trains_on_the_selected_solutions():
     texts = {tok.decode(t[m > 0]) for t, m in zip(b["tokens"][:, 1:], b["mask"])}
     assert texts <= {r["solution"] + tok.decode([tok.eos_id]) for r in rows}
     np.testing.assert_array_equal(sequence_batch(rows, TASK, TRAIN, 5)["tokens"], b["tokens"])
+
+
+def test_min_score_keeps_the_confident_selections_and_names_the_fix_when_none_pass():
+    rows = [{"score": s, "correct": c} for s, c in ((0.95, True), (0.2, False), (0.9, True))]
+    assert kept_rows(rows, 0.0) == rows
+    assert kept_rows(rows, 0.9) == [rows[0], rows[2]]
+    with pytest.raises(ValueError, match="lower min_score"):
+        kept_rows(rows, 0.99)
 
 
 def _config(tmp_path, mode, steps=40):

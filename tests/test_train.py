@@ -46,6 +46,23 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert all(w % cfg.bucket_multiple == 0 for w in widths) and len(widths) <= 8
 
 
+def test_a_finite_training_set_is_fixed_by_the_seed_and_every_batch_draws_from_it():
+    cfg = TrainConfig(batch_size=16, seed=3, train_problems=5, difficulty_max=4)
+    pool = {TASK.prompt_text(p) for k in range(1, 5)
+            for p in TASK.problems("train", k, 5, seed=3)}
+    seen = {TASK.prompt_text(p) for s in range(60)
+            for p in data.sample_problems_for_step(TASK, cfg, s)}
+    assert seen == pool  # 60 batches of 16 cover all 20 problems and nothing else
+    other = TrainConfig(batch_size=16, seed=4, train_problems=5, difficulty_max=4)
+    assert not {TASK.prompt_text(p) for p in data.sample_problems_for_step(TASK, other, 0)} <= pool
+    unlimited = {TASK.prompt_text(p) for s in range(60)
+                 for p in data.sample_problems_for_step(TASK, TrainConfig(batch_size=16, seed=3,
+                                                                          difficulty_max=4), s)}
+    assert len(unlimited) > 500  # the default: fresh problems every step
+    with pytest.raises(ValueError, match="train_problems"):
+        TrainConfig(train_problems=-1)
+
+
 def test_loss_mask_covers_exactly_the_solution_and_eos():
     p = TASK.problems("train", 2, 1, seed=0)[0]
     batch = data.pack(*zip(data.encode_example(TASK, p)), pad_id=0, multiple=16)

@@ -198,6 +198,11 @@ class TrainConfig:
       save_every, keep_checkpoints: checkpoint cadence and retention.
       log_every, eval_every: metric cadence (eval = greedy accuracy on held-out problems).
       eval_problems: held-out problems per difficulty for the periodic eval.
+      train_problems: 0 (default) draws fresh training problems every step (unlimited
+        canonical data); N > 0 fixes a training set of N problems per difficulty (seeded
+        by ``seed``) that every step samples from with replacement: the finite-data regime,
+        where runs that differ only in their loss (e.g. scratch vs distilled) see the very
+        same examples.
     """
 
     seed: int = 0
@@ -220,6 +225,7 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 1000
     eval_problems: int = 50
+    train_problems: int = 0
 
     def __post_init__(self):
         for name in ("batch_size", "num_steps", "save_every", "log_every", "num_buckets",
@@ -230,6 +236,8 @@ class TrainConfig:
                f"{self.difficulty_min}")
         _check(0.0 <= self.ema_decay < 1.0, f"train.ema_decay={self.ema_decay} must be in [0, 1)")
         _check(self.learning_rate > 0, f"train.learning_rate={self.learning_rate} must be > 0")
+        _check(self.train_problems >= 0, f"train.train_problems={self.train_problems} must be "
+               f">= 0 (0 = fresh problems every step)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -366,17 +366,34 @@ class Transformer(nnx.Module):
 
     # -- call modes ---------------------------------------------------------------------
 
-    def hidden(self, tokens: jax.Array) -> jax.Array:
+    def hidden(self, tokens: jax.Array, *, return_layers: bool = False):
         """Full-sequence pass. tokens: [B, T] right-padded -> [B, T, D] final hidden states.
 
         With right padding a causal mask is enough: a real token only sees earlier real
         tokens; outputs at padding positions are garbage and must be masked by the caller.
+        ``return_layers=True`` also returns every block's output, [L, B, T, D] (the
+        residual stream before the final norm; hidden-state distillation reads it).
         """
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
-        x, _ = self._run_layers(self._embed(tokens), positions, mask, None)
-        return self.final_norm(x)
+        if not return_layers:
+            x, _ = self._run_layers(self._embed(tokens), positions, mask, None)
+            return self.final_norm(x)
+        if pipeline_active():
+            raise ValueError("hidden(return_layers=True) runs the layers in order on one "
+                             "stage; use a mesh with stage=1")
+        graphdef, state = nnx.split(self.layers)
+        rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta,
+                           self.cfg.rope_scaling)
+
+        def body(x, layer_state):
+            x, _ = nnx.merge(graphdef, layer_state)(x, rope, mask)
+            x = logical_constraint(x, ("batch", None, None))
+            return x, x
+
+        x, layers = jax.lax.scan(body, self._embed(tokens), state)
+        return self.final_norm(x), layers
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """tokens: [B, T] -> logits [B, T, V] (float32)."""

@@ -41,9 +41,23 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, stream, step])
 
 
+_POOLS: dict[tuple, list[Problem]] = {}
+
+
+def problem_pool(task: Task, split: str, k: int, n: int, seed: int) -> list[Problem]:
+    """The fixed training set of difficulty ``k`` (``train.train_problems > 0``), built once
+    per process."""
+    key = (task.name, split, k, n, seed)
+    if key not in _POOLS:
+        _POOLS[key] = task.problems(split, k, n, seed=seed)
+    return _POOLS[key]
+
+
 def sample_problems_for_step(task: Task, cfg: TrainConfig, step: int,
                              split: str = "train") -> list[Problem]:
-    """``batch_size`` problems of one difficulty group, a pure function of (seed, step)."""
+    """``batch_size`` problems of one difficulty group, a pure function of (seed, step):
+    fresh problems, or draws (with replacement) from the fixed set of
+    ``cfg.train_problems`` per difficulty when that is > 0."""
     rng = step_rng(cfg.seed, step)
     groups = difficulty_groups(cfg)
     group = groups[int(rng.integers(len(groups)))]
@@ -51,7 +65,11 @@ def sample_problems_for_step(task: Task, cfg: TrainConfig, step: int,
     problems: list[Problem] = []
     for k in sorted(set(ks.tolist())):
         count = int((ks == k).sum())
-        problems += task.problems(split, k, count, seed=int(rng.integers(2**31)))
+        if cfg.train_problems:
+            pool = problem_pool(task, split, k, cfg.train_problems, seed=cfg.seed)
+            problems += [pool[i] for i in rng.integers(len(pool), size=count)]
+        else:
+            problems += task.problems(split, k, count, seed=int(rng.integers(2**31)))
     order = rng.permutation(len(problems))
     return [problems[i] for i in order]
 

@@ -15,6 +15,12 @@ The training loss mixes the divergence with cross-entropy on the data's next tok
 ``alpha * divergence + (1 - alpha) * CE`` (CE at temperature 1). On on-policy batches
 (student samples) there are no reference tokens and the loss is the divergence alone.
 
+Hidden-state distillation (FitNets, Romero et al. 2015; TinyBERT, Jiao et al. 2020) adds
+``hidden_weight * MSE(W_i h_s^i, norm(h_t^j(i)))`` on supervised batches: student block i's
+output, mapped by a learned linear ``W_i`` [d_s, d_t], regresses the teacher's block
+j(i) = ⌈(i+1)·L_t/L_s⌉ - 1 output (unit-RMS per position), at every real token, prompt
+included. The maps live beside the student in ``FeatureStudent`` and are dropped at export.
+
 Modes (``DistillConfig.mode``), all through ``trainer.fit`` (checkpoints, resume):
 
 * ``logit``: the task's canonical solutions (``data.lm_batch``); the teacher runs inside
@@ -140,6 +146,11 @@ class DistillConfig:
       replay_fraction: sequence mode: the share of fine-tuning steps on the task's
         canonical training data (``data.lm_batch``) instead of the selected solutions, so
         a small search data set is not over-fitted.
+      hidden_weight: weight of the hidden-state loss (0 = off; logit and on-policy modes).
+      min_score: sequence mode: fine-tune only on selected solutions whose aggregated PRM
+        score is at least this (a grader-free confidence filter; 0 keeps every one). The
+        round's data file keeps all of them, so the threshold can change without a new
+        search.
     """
 
     mode: str = "logit"
@@ -157,6 +168,8 @@ class DistillConfig:
     search_problems: int = 200
     rounds: int = 1
     replay_fraction: float = 0.0
+    min_score: float = 0.0
+    hidden_weight: float = 0.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -178,9 +191,48 @@ class DistillConfig:
         if not 0.0 <= self.replay_fraction < 1.0:
             raise ValueError(f"distill.replay_fraction={self.replay_fraction} must be in "
                              f"[0, 1)")
+        if self.hidden_weight < 0:
+            raise ValueError(f"distill.hidden_weight={self.hidden_weight} must be >= 0 "
+                             f"(0 turns hidden-state distillation off)")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"distill.min_score={self.min_score} must be in [0, 1] (PRM "
+                             f"scores are probabilities); 0 keeps every selected solution")
         if self.rounds < 1 or self.search_problems < 1:
             raise ValueError(f"distill.rounds={self.rounds} and distill.search_problems="
                              f"{self.search_problems} must be >= 1")
+
+
+# -- hidden-state distillation ------------------------------------------------------------
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> tuple[int, ...]:
+    """The teacher block each student block learns from: evenly spaced, last to last."""
+    return tuple(-(-(i + 1) * teacher_layers // student_layers) - 1
+                 for i in range(student_layers))
+
+
+class FeatureStudent(nnx.Module):
+    """The student and the linear maps from its block outputs to the teacher's (trained
+    with it, discarded at export: ``.student`` is the model)."""
+
+    def __init__(self, student: nnx.Module, teacher_cfg: ModelConfig, *, seed: int = 0):
+        self.student = student
+        ls, ds, dt = student.cfg.num_layers, student.cfg.d_model, teacher_cfg.d_model
+        self.teacher_layers = layer_map(ls, teacher_cfg.num_layers)
+        self.proj = nnx.Param(jax.random.normal(jax.random.key(seed), (ls, ds, dt))
+                              * ds**-0.5)
+
+
+def hidden_state_loss(s_layers: jax.Array, t_layers: jax.Array, proj: jax.Array,
+                      teacher_layers: tuple[int, ...], mask: jax.Array) -> jax.Array:
+    """Mean over mapped layers and masked positions of mean_e (W h_s - h_t / rms(h_t))².
+
+    s_layers [L_s, B, T, d_s], t_layers [L_t, B, T, d_t], proj [L_s, d_s, d_t], mask [B, T].
+    """
+    t = t_layers[jnp.asarray(teacher_layers)].astype(jnp.float32)
+    t = t * jax.lax.rsqrt(jnp.mean(t * t, axis=-1, keepdims=True) + 1e-6)
+    s = jnp.einsum("lbtd,lde->lbte", s_layers.astype(jnp.float32), proj)
+    return masked_mean(jnp.mean((s - t) ** 2, axis=(0, 3)), mask)
 
 
 # -- loss functions for trainer.fit -----------------------------------------------------
@@ -198,28 +250,46 @@ def make_distill_loss(dcfg: DistillConfig, teacher_graphdef: nnx.GraphDef, *,
     (only its static length M, the token budget, is used).
     """
 
+    def frozen_teacher(batch):
+        return nnx.merge(teacher_graphdef, jax.lax.stop_gradient(batch["teacher"]))
+
     def teacher_logits(batch, tokens):
-        teacher = nnx.merge(teacher_graphdef, jax.lax.stop_gradient(batch["teacher"]))
-        return jax.lax.stop_gradient(teacher(tokens))
+        return jax.lax.stop_gradient(frozen_teacher(batch)(tokens))
 
     def div(s_logits, t_logits):
         return divergence(dcfg.loss, s_logits, t_logits, temperature=dcfg.temperature,
                           beta=dcfg.beta)
 
-    def supervised(student, batch):
+    def supervised(model, batch):
         tokens, mask = batch["tokens"], batch["mask"]
-        s_logits = student(tokens[:, :-1])  # [B, W, V]
-        t_logits = teacher_logits(batch, tokens[:, :-1])
+        inputs = tokens[:, :-1]
+        metrics = {}
+        if isinstance(model, FeatureStudent):
+            student = model.student
+            h, s_layers = student.hidden(inputs, return_layers=True)
+            s_logits = student.logits_from_hidden(h)
+            teacher = frozen_teacher(batch)
+            th, t_layers = teacher.hidden(inputs, return_layers=True)
+            t_logits = jax.lax.stop_gradient(teacher.logits_from_hidden(th))
+            hid = hidden_state_loss(s_layers, jax.lax.stop_gradient(t_layers),
+                                    model.proj[...], model.teacher_layers,
+                                    (inputs != pad_id).astype(jnp.float32))
+            metrics["hidden"] = hid
+        else:
+            s_logits = model(inputs)  # [B, W, V]
+            t_logits = teacher_logits(batch, inputs)
+            hid = jnp.float32(0.0)
         kd = masked_mean(div(s_logits, t_logits), mask)
         ce = masked_mean(optax.softmax_cross_entropy_with_integer_labels(
             s_logits, tokens[:, 1:]), mask)
         acc = masked_mean((jnp.argmax(s_logits, -1) == tokens[:, 1:]).astype(jnp.float32),
                           mask)
-        loss = dcfg.alpha * kd + (1.0 - dcfg.alpha) * ce
-        return loss, {"kd": kd, "ce": ce, "token_acc": acc, "tokens": mask.sum(),
-                      "on_policy": jnp.float32(0.0)}
+        loss = dcfg.alpha * kd + (1.0 - dcfg.alpha) * ce + dcfg.hidden_weight * hid
+        return loss, dict(metrics, kd=kd, ce=ce, token_acc=acc, tokens=mask.sum(),
+                          on_policy=jnp.float32(0.0))
 
-    def on_policy(student, batch):
+    def on_policy(model, batch):
+        student = model.student if isinstance(model, FeatureStudent) else model
         seq, mask = student_samples(student, batch["prompts"], batch["prompt_lens"],
                                     jax.random.wrap_key_data(batch["rng"]),
                                     max_new_tokens=batch["gen"].shape[0],
@@ -228,8 +298,9 @@ def make_distill_loss(dcfg: DistillConfig, teacher_graphdef: nnx.GraphDef, *,
         s_logits = student(seq[:, :-1])
         t_logits = teacher_logits(batch, seq[:, :-1])
         kd = masked_mean(div(s_logits, t_logits), mask)
-        return kd, {"kd": kd, "ce": jnp.float32(0.0), "token_acc": jnp.float32(0.0),
-                    "tokens": mask.sum(), "on_policy": jnp.float32(1.0)}
+        metrics = {"hidden": jnp.float32(0.0)} if isinstance(model, FeatureStudent) else {}
+        return kd, dict(metrics, kd=kd, ce=jnp.float32(0.0), token_acc=jnp.float32(0.0),
+                        tokens=mask.sum(), on_policy=jnp.float32(1.0))
 
     def loss_fn(student, batch):
         return on_policy(student, batch) if "prompts" in batch else supervised(student, batch)
@@ -352,9 +423,14 @@ def train_distill(cfg: Mapping[str, Any], workdir: str | Path, *, resume: bool =
             batch = data.lm_batch(task, train_cfg, step)
         return dict(batch, teacher=t_params)
 
+    eval_fn = _eval_fn(task, train_cfg)
+    if dcfg.hidden_weight > 0:
+        student = FeatureStudent(student, teacher.cfg, seed=train_cfg.seed)
+        eval_fn = lambda m, step, _eval=eval_fn: _eval(m.student, step)  # noqa: E731
     model, state = fit(student, loss_fn=loss_fn, batch_fn=batch_fn, cfg=train_cfg,
-                       workdir=workdir, run_config=cfg, eval_fn=_eval_fn(task, train_cfg),
-                       resume=resume)
+                       workdir=workdir, run_config=cfg, eval_fn=eval_fn, resume=resume)
+    if isinstance(model, FeatureStudent):
+        model = model.student
     if int(state.step) >= train_cfg.num_steps:
         save_model(model, Path(workdir) / "model", kind="policy")
     return model, state
@@ -426,6 +502,20 @@ def round_data(dcfg: DistillConfig, train_cfg: TrainConfig, task: Task, rdir: Pa
     return rows
 
 
+def kept_rows(rows: list[dict[str, Any]], min_score: float, r: int = 0
+              ) -> list[dict[str, Any]]:
+    """The selected solutions scoring at least ``min_score`` (the fine-tuning set)."""
+    kept = [x for x in rows if x["score"] >= min_score]
+    if not kept:
+        best = max((x["score"] for x in rows), default=float("nan"))
+        raise ValueError(f"round {r}: no selected solution scores >= distill.min_score="
+                         f"{min_score} (best {best:.3f}); lower min_score")
+    logger.info("round %d: fine-tuning on %d of %d selected solutions (score >= %g; %.3f "
+                "right, reported only)", r, len(kept), len(rows), min_score,
+                float(np.mean([x["correct"] for x in kept])))
+    return kept
+
+
 def search_data_only(cfg: Mapping[str, Any], workdir: str | Path) -> list[dict[str, Any]]:
     """Builds round 0's search data set without training (it needs no student when the
     teacher searches, so it can run while the student is still being distilled)."""
@@ -451,7 +541,8 @@ def train_sequence(cfg: dict[str, Any], dcfg: DistillConfig, train_cfg: TrainCon
     model = state = None
     for r in range(dcfg.rounds):
         rdir = workdir / f"round{r}"
-        rows = round_data(dcfg, train_cfg, task, rdir, r, student_src)
+        rows = kept_rows(round_data(dcfg, train_cfg, task, rdir, r, student_src),
+                         dcfg.min_score, r)
         student = load_model(student_src, kind="policy")
         def batch_fn(step, rows=rows):
             replay = data.step_rng(train_cfg.seed, step, stream=13).random()
