@@ -12,11 +12,16 @@ generalized JSD β=0.5), 'local' / 'on_policy_local' (CPU smoke runs), and the 1
 pair 'scratch_long' (the shipped ``student``) / 'long' (forward KL at τ=1, α=0.5: the
 shipped ``student_distilled``), and the finite-data trio 'finite_scratch' / 'finite'
 (forward KL τ=1) / 'finite_on_policy' (GKD), all on the same fixed training set of
-FINITE_PROBLEMS problems per difficulty (``train.train_problems``):
+FINITE_PROBLEMS problems per difficulty (``train.train_problems``), and 'hidden' /
+'hidden_ce' (hidden-state distillation, ``distill.hidden_weight=1``, with forward KL τ=1
+α=0.5 / with cross-entropy only). Shorter budgets: ``--config.train.num_steps=1500``.
 
   python launch/train.py --config=experiments/student.py:scratch_long \
       --workdir=workdirs/student10k_scratch
   python launch/distill.py --config=experiments/student.py:long --workdir=workdirs/student10k_kd
+  python launch/distill.py --config=experiments/student.py:hidden --workdir=workdirs/h_kd
+  python launch/distill.py --compare=scratch=workdirs/student_scratch/model,hidden=workdirs/h_kd/model \
+      --problems_per_k=300
 """
 
 import importlib.util
@@ -30,7 +35,8 @@ policy_small = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(policy_small)
 
 VARIANTS = ("", "scratch", "on_policy", "local", "scratch_local", "on_policy_local",
-            "scratch_long", "long", "finite_scratch", "finite", "finite_on_policy")
+            "scratch_long", "long", "finite_scratch", "finite", "finite_on_policy", "hidden",
+            "hidden_ce")
 FINITE_PROBLEMS = 128  # per difficulty: the fixed training set of the 'finite*' variants
 
 
@@ -57,9 +63,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.kind = "distill"
     c.distill = dict(mode="logit", teacher="teacher", loss="forward_kl", temperature=2.0,
                      alpha=0.5, beta=0.5, on_policy_fraction=0.5, sample_temperature=1.0,
-                     hidden_weight=0.0)
-    if variant in ("long", "finite"):
+                     hidden_weight=0.0, init="")
+    if variant in ("long", "finite", "hidden", "hidden_ce"):
         c.distill.update(temperature=1.0)
+    if variant.startswith("hidden"):  # + the teacher's block outputs through learned maps
+        c.distill.update(hidden_weight=1.0, alpha=0.0 if variant == "hidden_ce" else 0.5)
+        c.train.update(eval_problems=100)
     if variant.startswith("on_policy") or variant == "finite_on_policy":
         c.distill.update(mode="on_policy", loss="jsd", temperature=1.0, alpha=0.5)
     return c
