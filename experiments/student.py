@@ -20,8 +20,8 @@ FINITE_PROBLEMS problems per difficulty (``train.train_problems``), and 'hidden'
       --workdir=workdirs/student10k_scratch
   python launch/distill.py --config=experiments/student.py:long --workdir=workdirs/student10k_kd
   python launch/distill.py --config=experiments/student.py:hidden --workdir=workdirs/h_kd
-  python launch/distill.py --compare=scratch=workdirs/student_scratch/model,hidden=workdirs/h_kd/model \
-      --problems_per_k=300
+  python launch/distill.py --problems_per_k=300 \
+      --compare=scratch=workdirs/student_scratch/model,hidden=workdirs/h_kd/model
 """
 
 import importlib.util
