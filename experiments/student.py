@@ -14,7 +14,8 @@ shipped ``student_distilled``), and the finite-data trio 'finite_scratch' / 'fin
 (forward KL τ=1) / 'finite_on_policy' (GKD), all on the same fixed training set of
 FINITE_PROBLEMS problems per difficulty (``train.train_problems``), and 'hidden' /
 'hidden_ce' (hidden-state distillation, ``distill.hidden_weight=1``, with forward KL τ=1
-α=0.5 / with cross-entropy only). Shorter budgets: ``--config.train.num_steps=1500``.
+α=0.5 / with cross-entropy only; 'hidden_long': 'hidden' on the 10,000-step schedule).
+Shorter budgets: ``--config.train.num_steps=1500``.
 
   python launch/train.py --config=experiments/student.py:scratch_long \
       --workdir=workdirs/student10k_scratch
@@ -36,7 +37,7 @@ _spec.loader.exec_module(policy_small)
 
 VARIANTS = ("", "scratch", "on_policy", "local", "scratch_local", "on_policy_local",
             "scratch_long", "long", "finite_scratch", "finite", "finite_on_policy", "hidden",
-            "hidden_ce")
+            "hidden_ce", "hidden_long")
 FINITE_PROBLEMS = 128  # per difficulty: the fixed training set of the 'finite*' variants
 
 
@@ -53,7 +54,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.model.update(d_model=32, num_layers=1, mlp_dim=64)
         c.train.update(num_steps=30, batch_size=8, save_every=10, log_every=10,
                        eval_every=30, eval_problems=4, warmup_steps=5)
-    if variant in ("scratch_long", "long"):
+    if variant in ("scratch_long", "long", "hidden_long"):
         c.train.update(num_steps=10000, eval_every=2500, eval_problems=100, save_every=500)
     if variant.startswith("finite"):
         c.train.update(train_problems=FINITE_PROBLEMS, eval_problems=100)
@@ -64,7 +65,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.distill = dict(mode="logit", teacher="teacher", loss="forward_kl", temperature=2.0,
                      alpha=0.5, beta=0.5, on_policy_fraction=0.5, sample_temperature=1.0,
                      hidden_weight=0.0, init="")
-    if variant in ("long", "finite", "hidden", "hidden_ce"):
+    if variant in ("long", "finite", "hidden", "hidden_ce", "hidden_long"):
         c.distill.update(temperature=1.0)
     if variant.startswith("hidden"):  # + the teacher's block outputs through learned maps
         c.distill.update(hidden_weight=1.0, alpha=0.0 if variant == "hidden_ce" else 0.5)
