@@ -215,6 +215,8 @@ def test_hidden_state_distillation_trains_the_maps_and_exports_the_plain_student
     assert load_model(tmp_path / "run" / "model").cfg == S_CFG  # the maps are not exported
     with pytest.raises(ValueError, match="hidden_weight"):
         DistillConfig(hidden_weight=-1.0)
+    with pytest.raises(ValueError, match="hidden_weight"):
+        DistillConfig(mode="sequence", hidden_weight=1.0)
 
 
 def test_student_samples_are_packed_after_their_prompts(models):

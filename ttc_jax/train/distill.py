@@ -194,6 +194,9 @@ class DistillConfig:
         if self.hidden_weight < 0:
             raise ValueError(f"distill.hidden_weight={self.hidden_weight} must be >= 0 "
                              f"(0 turns hidden-state distillation off)")
+        if self.hidden_weight > 0 and self.mode == "sequence":
+            raise ValueError("distill.hidden_weight needs the teacher's states: use mode="
+                             "'logit' or 'on_policy' (sequence mode fine-tunes on text)")
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"distill.min_score={self.min_score} must be in [0, 1] (PRM "
                              f"scores are probabilities); 0 keeps every selected solution")
