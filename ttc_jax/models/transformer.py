@@ -297,7 +297,10 @@ class Transformer(nnx.Module):
         return jnp.einsum("BTD,DV->BTV", h, self.lm_head[...].astype(h.dtype)).astype(
             jnp.float32)
 
-    def _run_layers(self, x, positions, mask, cache: KVCache | None, slots=None):
+    def _run_layers(self, x, positions, mask, cache: KVCache | None, slots=None,
+                    return_layers: bool = False):
+        """-> (x, kv); without a cache and with ``return_layers``, (x, every block's
+        output [L, B, T, D]) instead (one stage only)."""
         graphdef, layer_state = nnx.split(self.layers)
         rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta,
                            self.cfg.rope_scaling)
@@ -308,9 +311,9 @@ class Transformer(nnx.Module):
             if kv is None:
                 def body(x, state):
                     x, _ = nnx.merge(graphdef, state)(x, rope, mask)
-                    return logical_constraint(x, ("batch", None, None)), None
-                x, _ = jax.lax.scan(body, x, layer_state)
-                return x, None
+                    x = logical_constraint(x, ("batch", None, None))
+                    return x, (x if return_layers else None)
+                return jax.lax.scan(body, x, layer_state)
 
             # The cache (all L' layers) is carried through the layers and written in
             # place at (layer, row, slot); ys of a scan would rebuild the whole cache on
@@ -338,6 +341,9 @@ class Transformer(nnx.Module):
         # Under ``jax.set_mesh(mesh)`` with mesh.stage > 1 the stack runs as a GPipe
         # pipeline over the ``stage`` axis (ttc_jax.parallel.pipeline); otherwise in order.
         kv = None if cache is None else (cache.k, cache.v)
+        if return_layers and (pipeline_active() or kv is not None):
+            raise ValueError("return_layers runs the layers in order on one stage, without "
+                             "a cache; use a mesh with stage=1")
         if pipeline_active():
             return pipeline(stack, layer_state, x, rope, mask, kv, slots)
         hoisted = self.__dict__.get("_hoisted_layers")
@@ -377,23 +383,9 @@ class Transformer(nnx.Module):
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
-        if not return_layers:
-            x, _ = self._run_layers(self._embed(tokens), positions, mask, None)
-            return self.final_norm(x)
-        if pipeline_active():
-            raise ValueError("hidden(return_layers=True) runs the layers in order on one "
-                             "stage; use a mesh with stage=1")
-        graphdef, state = nnx.split(self.layers)
-        rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta,
-                           self.cfg.rope_scaling)
-
-        def body(x, layer_state):
-            x, _ = nnx.merge(graphdef, layer_state)(x, rope, mask)
-            x = logical_constraint(x, ("batch", None, None))
-            return x, x
-
-        x, layers = jax.lax.scan(body, self._embed(tokens), state)
-        return self.final_norm(x), layers
+        x, layers = self._run_layers(self._embed(tokens), positions, mask, None,
+                                     return_layers=return_layers)
+        return (self.final_norm(x), layers) if return_layers else self.final_norm(x)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """tokens: [B, T] -> logits [B, T, V] (float32)."""
