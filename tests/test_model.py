@@ -108,6 +108,37 @@ def test_rope_matches_rotate_half_reference():
                                x * cos + rot * sin, atol=1e-5)
 
 
+
+def _attention_reference(q, k, v, mask):
+    """Plain numpy grouped-query attention: query head n reads kv head n // (N / K)."""
+    b, t, n, h = q.shape
+    g = n // k.shape[1]
+    out = np.zeros(q.shape, np.float64)
+    for bi, ti, ni in np.ndindex(b, t, n):
+        logits = k[bi, ni // g] @ q[bi, ti, ni] / np.sqrt(h)  # [S]
+        logits = np.where(mask[bi, ti], logits, -np.inf)
+        if not mask[bi, ti].any():  # a fully masked (padding) query: uniform weights
+            logits = np.zeros_like(logits)
+        w = np.exp(logits - logits.max())
+        out[bi, ti, ni] = (w / w.sum()) @ v[bi, ni // g]
+    return out
+
+
+@pytest.mark.parametrize("heads, kv_heads, t, s", [(4, 2, 3, 7), (3, 3, 1, 5), (6, 1, 4, 4)])
+def test_attention_matches_numpy_grouped_query_reference(heads, kv_heads, t, s):
+    """attend (heads folded into the query axis, softmax normalised after PV) is plain
+    grouped-query attention, including a fully masked query row."""
+    from ttc_jax.models.transformer import attend
+
+    rng = np.random.RandomState(heads * 10 + t)
+    q = rng.randn(2, t, heads, 8).astype(np.float32)
+    k, v = (rng.randn(2, kv_heads, s, 8).astype(np.float32) for _ in range(2))
+    mask = rng.rand(2, t, s) < 0.6
+    mask[:, :, 0] = True
+    mask[1, -1] = False  # padding query: attends to nothing
+    got = jax.jit(attend)(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask))
+    np.testing.assert_allclose(got, _attention_reference(q, k, v, mask), atol=1e-5)
+
 def test_untied_and_bias_variant_also_decodes_incrementally():
     cfg = ModelConfig(vocab_size=21, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1,
                       head_dim=8, mlp_dim=32, max_seq_len=16, tie_embeddings=False,
@@ -137,13 +168,14 @@ def test_cached_attention_reads_only_the_bucket_covering_every_row():
     from ttc_jax.models.transformer import attend, attend_cached, bucket_sizes
 
     cap = 200
-    assert bucket_sizes(cap) == (64, 128, 200) and bucket_sizes(48) == (48,)
+    assert bucket_sizes(cap) == (64, 96, 128, 192, 200) and bucket_sizes(48) == (48,)
+    assert bucket_sizes(4096)[-6:] == (768, 1024, 1536, 2048, 3072, 4096)
     rng = np.random.RandomState(0)
     q = jnp.asarray(rng.randn(3, 2, 4, 8), jnp.float32)
     k_all = jnp.asarray(rng.randn(2, 3, 2, cap, 8), jnp.float32)
     v_all = jnp.asarray(rng.randn(2, 3, 2, cap, 8), jnp.float32)
     fn = jax.jit(attend_cached)
-    for lengths in ([5, 30, 60], [70, 3, 127], [199, 0, 150]):
+    for lengths in ([5, 30, 60], [80, 2, 90], [70, 3, 120], [70, 3, 127], [199, 0, 150]):
         pos = jnp.asarray(lengths)[:, None] + jnp.arange(2)[None, :]  # [B, T]
         mask = jnp.arange(cap)[None, None, :] <= pos[:, :, None]
         bound = jnp.max(pos) + 1

