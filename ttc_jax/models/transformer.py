@@ -141,7 +141,8 @@ def bucket_sizes(capacity: int, smallest: int = 64) -> tuple[int, ...]:
     sizes, s = [], smallest
     while s < capacity:
         sizes.append(s)
-        s = s * 3 // 2 if (s & (s - 1)) == 0 else (s // 3) * 4  # 2^k -> 1.5*2^k -> 2^(k+1)
+        step = s * 3 // 2 if (s & (s - 1)) == 0 else (s // 3) * 4  # 2^k, 1.5*2^k, 2^(k+1)
+        s = max(step, s + 1)
     return tuple(sizes) + (capacity,)
 
 
