@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean vocab
 
 setup: $(STAMP)
 
@@ -22,7 +22,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) lint
+# Real Llama 3 / Qwen2.5 tokenizer folders (built once from the llama-cpp-python sdist on
+# PyPI; see ttc_jax/interop/real_vocab.py). The tests' `real_vocab` fixture reads them.
+VOCAB_DIR := .cache/real_vocab
+
+vocab: $(STAMP)
+	$(BIN)/python -m ttc_jax.interop.real_vocab --out $(VOCAB_DIR)
+
+test: $(STAMP) lint vocab
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
