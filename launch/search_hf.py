@@ -3,6 +3,10 @@
   python launch/search_hf.py --config=experiments/math500_llama.py \
       --config.policy=/ckpt/policy --config.prm=/ckpt/prm --config.data=/data/math500.jsonl \
       --out=results/math500_llama
+
+Rows are appended as problems finish; rerunning the same command after an interruption
+resumes (problems already in ``<out>/<method>_n<n>.jsonl`` are skipped). Bad input files
+(config.json, the JSONL, safetensors) fail before any model is loaded, naming the file.
 """
 
 from absl import app, flags

@@ -81,6 +81,34 @@ def _rope(raw: dict, where: Path) -> tuple[float, RopeScaling | None]:
                      f"linear, llama3)")
 
 
+def read_json_file(where: Path, what: str = "file") -> dict:
+    """The JSON object in ``where``; a ValueError naming the file (and the line) when it
+    is not UTF-8, not JSON or not an object. A UTF-8 byte-order mark is accepted."""
+    data = where.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{where} line {line}: byte 0x{data[e.start]:02x} at offset {e.start} "
+                         f"is not UTF-8; the {what} is corrupt or in another encoding: "
+                         f"re-download it (or re-save it as UTF-8)") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} line {e.lineno} column {e.colno}: not valid JSON "
+                         f"({e.msg}); the {what} is corrupt or truncated: re-download it from "
+                         f"the model's repository") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} holds a JSON {type(raw).__name__}, not an object; is it "
+                         f"the model's {what}? re-download it")
+    return raw
+
+
+# config.json keys every Llama/Qwen2 config has (the shapes of the weights)
+_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size")
+
+
 def read_hf_config(path: str | Path, *, dtype: str = "float32", max_seq_len: int | None = None,
                    architectures: tuple[str, ...] = ARCHITECTURES,
                    tie_embeddings: bool | None = None) -> tuple[ModelConfig, HFModelInfo]:
@@ -96,7 +124,7 @@ def read_hf_config(path: str | Path, *, dtype: str = "float32", max_seq_len: int
     if not where.exists():
         raise FileNotFoundError(f"no config.json in {path}; point at a local Hugging Face "
                                 f"checkpoint folder (config.json + *.safetensors)")
-    raw = json.loads(where.read_text())
+    raw = read_json_file(where, "config.json")
     arch = (raw.get("architectures") or ["?"])[0]
     if arch not in architectures:
         raise ValueError(f"{where}: architecture {arch!r} is not supported; supported: "
@@ -117,6 +145,18 @@ def read_hf_config(path: str | Path, *, dtype: str = "float32", max_seq_len: int
             raise ValueError(f"{where}: attention_bias=true (a bias on o_proj too) is not "
                              f"supported for {model_type!r}")
         qkv_bias = False
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise ValueError(f"{where} has no {missing}; a Llama/Qwen2 config.json names "
+                         f"{list(_REQUIRED)}: use the checkpoint's own config.json (a "
+                         f"generation_config.json or a config stripped of its model fields "
+                         f"will not do)")
+    bad = [k for k in _REQUIRED + ("num_key_value_heads", "head_dim")
+           if raw.get(k) is not None and (not isinstance(raw[k], int) or isinstance(raw[k], bool)
+                                          or raw[k] < 1)]
+    if bad:
+        raise ValueError(f"{where}: {', '.join(f'{k}={raw[k]!r}' for k in bad)} must be "
+                         f"positive integers; is config.json from this checkpoint?")
     d, n = raw["hidden_size"], raw["num_attention_heads"]
     theta, scaling = _rope(raw, where)
     max_pos = int(raw.get("max_position_embeddings", 4096))

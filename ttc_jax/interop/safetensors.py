@@ -25,15 +25,46 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 
 
+_REDOWNLOAD = "the download was cut off or the file is corrupt: re-download it"
+
+
 def _read_header(path: Path) -> tuple[dict, int]:
+    """(name -> dtype/shape/data_offsets, the byte where tensor data starts), checked
+    against the file's size so a truncated file fails here, naming itself."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+            raise ValueError(f"{path} is not a safetensors file (shorter than 8 bytes); "
+                             f"{_REDOWNLOAD}")
         (n,) = struct.unpack("<Q", raw)
-        header = json.loads(f.read(n))
+        if n > size - 8:
+            raise ValueError(f"{path} is truncated or not a safetensors file: its header "
+                             f"claims {n} bytes but the file holds {size}; {_REDOWNLOAD}")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: the safetensors header is not valid JSON ({e}); "
+                             f"{_REDOWNLOAD}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the safetensors header is not a JSON object; {_REDOWNLOAD}")
     header.pop("__metadata__", None)
-    return header, 8 + n
+    start = 8 + n
+    for name, info in header.items():
+        try:
+            lo, hi = (int(x) for x in info["data_offsets"])
+            shape = [int(x) for x in info["shape"]]
+            dtype = info["dtype"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {info!r}; "
+                             f"{_REDOWNLOAD}") from None
+        if start + hi > size:
+            raise ValueError(f"{path} is truncated: tensor {name!r} needs bytes up to "
+                             f"{start + hi} but the file holds {size}; {_REDOWNLOAD}")
+        if dtype in _DTYPES and hi - lo != int(np.prod(shape)) * np.dtype(_DTYPES[dtype]).itemsize:
+            raise ValueError(f"{path}: tensor {name!r} of shape {shape} {dtype} spans "
+                             f"{hi - lo} bytes, which does not match; {_REDOWNLOAD}")
+    return header, start
 
 
 class SafetensorsCheckpoint:
@@ -44,7 +75,12 @@ class SafetensorsCheckpoint:
         if path.is_file():
             files = [path]
         elif (path / INDEX).exists():
-            weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+            from ttc_jax.interop.hf import read_json_file
+
+            weight_map = read_json_file(path / INDEX, INDEX).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"{path / INDEX} has no 'weight_map' (tensor name -> shard "
+                                 f"file); re-download it")
             files = [path / f for f in sorted(set(weight_map.values()))]
             missing = [str(f) for f in files if not f.exists()]
             if missing:

@@ -290,14 +290,35 @@ class MathTask(Task):
         self.system_prompt = system_prompt
         self._problems: list[Problem] = []
         seen = set()
-        for i, line in enumerate(path.read_text().splitlines()):
+        for i, line in enumerate(path.read_bytes().split(b"\n")):
+            where = f"{path} line {i + 1}"
+            try:  # a UTF-8 byte-order mark at the start of the file is accepted
+                line = line.decode("utf-8-sig" if i == 0 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: byte 0x{line[e.start]:02x} at column {e.start + 1} "
+                                 f"is not UTF-8; re-save the file as UTF-8") from None
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where} column {e.colno}: not valid JSON ({e.msg}); each "
+                                 f"line must be one JSON object with 'problem' and 'answer'"
+                                 ) from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where} is a JSON {type(row).__name__}, not an object; "
+                                 f"each line must be one object with 'problem' and 'answer'")
             for key in ("problem", "answer"):
                 if key not in row:
-                    raise ValueError(f"{path} line {i + 1} has no {key!r} field; each line "
+                    raise ValueError(f"{where} has no {key!r} field; each line "
                                      f"needs 'problem' and 'answer'")
+            if not isinstance(row["problem"], str) or not row["problem"].strip():
+                raise ValueError(f"{where}: 'problem' is {row['problem']!r}; it must be the "
+                                 f"problem's text (a non-empty string)")
+            if row["answer"] is None or isinstance(row["answer"], (dict, list, bool)) \
+                    or not str(row["answer"]).strip():
+                raise ValueError(f"{where}: 'answer' is {row['answer']!r}; it must be the "
+                                 f"reference answer (a string or a number)")
             uid = str(row.get("unique_id", f"line{i + 1}"))
             if uid in seen:
                 raise ValueError(f"{path} line {i + 1}: unique_id {uid!r} repeats")
