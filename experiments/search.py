@@ -25,7 +25,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.batch_size = 16          # problems per compiled call
     c.search = dict(method="beam", n=16, beam_width=4, max_steps=12, max_step_tokens=16,
                     max_new_tokens=128, aggregation="min", temperature=1.0, top_p=1.0,
-                    lookahead=0, filter_duplicates=False, seed=0)
+                    lookahead=0, filter_duplicates=False, seed=0,
+                    rules="ttc_jax")  # or search_and_learn (docs/search_and_learn.md)
     # data x model x stage devices (ttc_jax.parallel), e.g. --config.mesh.data=8. The
     # shipped models (vocab 21, 2-3 layers) shard along data only; larger ones on all three.
     c.mesh = dict(data=1, model=1, stage=1)

@@ -264,6 +264,9 @@ class MeshConfig:
 SEARCH_METHODS = ("majority", "best_of_n", "weighted_best_of_n", "beam", "dvts", "lookahead")
 SEARCH_AGGREGATIONS = ("last", "min", "prod", "mean")
 _TREE_METHODS = ("beam", "dvts", "lookahead")
+# Selection rules of the tree methods (docs/search_and_learn.md): ttc_jax's own, or the
+# exact rules of huggingface/search-and-learn's beam search and DVTS.
+SEARCH_RULES = ("ttc_jax", "search_and_learn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +291,13 @@ class SearchConfig:
       lookahead: greedy steps rolled out (and scored) before a candidate step is ranked.
       filter_duplicates: beam search drops active beams whose text repeats an earlier one.
       seed: one seed for the run; the sample of problem p depends only on (seed, p's id).
+      rules: ``ttc_jax`` (default) or ``search_and_learn``: the tree methods then follow
+        huggingface/search-and-learn exactly (docs/search_and_learn.md): beam search keeps
+        the FIRST N beams to finish, padded to N by repeating them, and never scores its
+        lookahead; DVTS returns all M siblings of each subtree's last expansion and stops
+        a subtree at ``boxed{``; a step cut by ``max_step_tokens`` (the last one too)
+        finishes its row; rows end only on eos. Set max_step_tokens=2048 for the
+        reference's step budget.
     """
 
     method: str = "best_of_n"
@@ -302,8 +312,11 @@ class SearchConfig:
     lookahead: int = 0
     filter_duplicates: bool = False
     seed: int = 0
+    rules: str = "ttc_jax"
 
     def __post_init__(self):
+        _check(self.rules in SEARCH_RULES,
+               f"search.rules={self.rules!r} is unknown; choose one of {list(SEARCH_RULES)}")
         _check(self.method in SEARCH_METHODS,
                f"search.method={self.method!r} is unknown; choose one of {list(SEARCH_METHODS)}")
         _check(self.aggregation in SEARCH_AGGREGATIONS,
