@@ -364,6 +364,12 @@ class MathTask(Task):
         return sol
 
     def prompt_text(self, problem: Problem) -> str:
+        """The prompt: the tokenizer folder's own chat template when it has one (system +
+        user, generation prompt open; ``tokenizer.chat_date`` fixes Llama 3.1's date
+        line), else the built-in ``chat_format``, else plain text."""
+        if getattr(self._tokenizer, "chat_template", None) is not None:
+            return self._tokenizer.render_chat(system=self.system_prompt, user=problem.prompt,
+                                               add_generation_prompt=True)
         if self.chat_format is None:
             return f"{self.system_prompt}\n\n{problem.prompt}\n\n"
         from ttc_jax.interop.tokenizer import render_chat
