@@ -261,3 +261,20 @@ def test_load_onto_2x2x2_mesh_matches_transformers(hf_models):
                      max_new_tokens=32, strategy=Greedy(), stop_tokens=())
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(np.asarray(out.tokens[:, 0]), ref_gen)
+
+
+def test_write_random_weights_loads_in_transformers_and_here(tmp_path):
+    from ttc_jax.interop.hf import write_random_weights
+
+    raw = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=VOCAB,
+               hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+               num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
+               max_position_embeddings=64)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    write_random_weights(tmp_path, seed=1)
+    ref = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path).eval()
+    x = _tokens(b=2, t=8)
+    with torch.no_grad():
+        want = ref(torch.tensor(x)).logits.numpy()
+    got = np.asarray(load_hf_model(tmp_path, max_seq_len=16)(jnp.asarray(x)))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

@@ -250,3 +250,17 @@ def test_search_config_allows_the_reference_budgets():
     c = mod.get_config("reference")
     cfg = from_dict(SearchConfig, dict(c.search.to_dict(), method="beam", n=4))
     assert cfg.max_step_tokens == 2048 and cfg.max_new_tokens == 2048
+
+
+def test_save_safetensors_roundtrip(tmp_path):
+    import ml_dtypes
+
+    from ttc_jax.interop.safetensors import save_safetensors
+
+    ts = {"b": np.arange(6, dtype=np.int32).reshape(2, 3),
+          "a": np.linspace(0, 1, 5).astype(ml_dtypes.bfloat16)}
+    save_safetensors(tmp_path / "model.safetensors", ts)
+    ck = SafetensorsCheckpoint(tmp_path)
+    assert ck.names() == ["a", "b"]
+    for k, v in ts.items():
+        np.testing.assert_array_equal(ck.get(k), v)

@@ -110,14 +110,14 @@ _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_he
 
 
 def read_hf_config(path: str | Path, *, dtype: str = "float32", max_seq_len: int | None = None,
-                   architectures: tuple[str, ...] = ARCHITECTURES,
+                   architectures: tuple[str, ...] | None = ARCHITECTURES,
                    tie_embeddings: bool | None = None) -> tuple[ModelConfig, HFModelInfo]:
     """ModelConfig + HFModelInfo from ``<path>/config.json``.
 
     Args:
       dtype: parameter and activation dtype, ``float32`` or ``bfloat16``.
       max_seq_len: the default KV-cache length (default: the model's context, at most 4096).
-      architectures: the ``architectures`` accepted (the PRM loaders widen it).
+      architectures: the ``architectures`` accepted (the PRM loaders widen it; None: any).
       tie_embeddings: override ``tie_word_embeddings`` (None: read it from the config).
     """
     where = Path(path) / "config.json"
@@ -126,7 +126,7 @@ def read_hf_config(path: str | Path, *, dtype: str = "float32", max_seq_len: int
                                 f"checkpoint folder (config.json + *.safetensors)")
     raw = read_json_file(where, "config.json")
     arch = (raw.get("architectures") or ["?"])[0]
-    if arch not in architectures:
+    if architectures is not None and arch not in architectures:
         raise ValueError(f"{where}: architecture {arch!r} is not supported; supported: "
                          f"{list(architectures)} (Llama 2/3 and Qwen2/2.5 decoders)")
     model_type = raw.get("model_type", "")
@@ -322,3 +322,36 @@ def load_hf_model(path: str | Path, *, dtype: str = "float32", max_seq_len: int 
     check_unused(ckpt, used)
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     return fill_params(abstract, values, dtype=cfg.jnp_param_dtype, mesh=mesh)
+
+
+def write_random_weights(path: str | Path, *, seed: int = 0, scale: float = 0.2,
+                         prm_head: bool = False) -> Path:
+    """Writes ``<path>/model.safetensors``: random weights in the HF layout for the
+    decoder ``<path>/config.json`` describes (for tests and demos on tiny shapes; no torch
+    needed). ``prm_head`` adds the Qwen2.5-Math-PRM ``score.0``/``score.2`` head (and
+    ties the embeddings, as that loader does)."""
+    from ttc_jax.interop.safetensors import save_safetensors
+
+    path = Path(path)
+    cfg, _ = read_hf_config(path, architectures=None,
+                            tie_embeddings=True if prm_head else None)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape, _ in _top_specs(cfg).values():
+        out[name] = shape
+    for name, shape, _ in _layer_specs(cfg).values():
+        for i in range(cfg.num_layers):
+            out[name.format(l=i)] = shape
+    if prm_head:
+        d = cfg.d_model
+        out.update({"score.0.weight": (d, d), "score.0.bias": (d,), "score.2.weight": (2, d),
+                    "score.2.bias": (2,)})
+    tensors = {}
+    for name, shape in out.items():
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+            tensors[name] = np.ones(shape, np.float32)
+        else:
+            tensors[name] = (rng.standard_normal(shape) * scale).astype(np.float32)
+    save_safetensors(path / "model.safetensors", tensors, {"format": "pt"})
+    return path / "model.safetensors"
+

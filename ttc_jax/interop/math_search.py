@@ -79,23 +79,31 @@ def _groups(answers: Sequence[str | None]) -> list[int]:
     return out
 
 
-def select_answers(answers: Sequence[str | None], scores: Sequence[float]) -> dict:
-    """The naive / weighted / majority choices among candidates (None if no answers).
-
-    Equivalent answers (``is_equiv``) vote together under the spelling seen first; the
-    votes are ``eval.prm_quality.vote`` (ties go to the answer seen first)."""
+def select_indices(answers: Sequence[str | None], scores: Sequence[float]) -> dict:
+    """The candidate index behind each choice (None if no candidates): ``naive`` the
+    top-scored one, ``weighted`` / ``majority`` the first candidate of the winning group."""
     out = {"naive": None, "weighted": None, "majority": None}
     if not answers:
         return out
-    out["naive"] = answers[int(np.argmax(scores))]
+    out["naive"] = int(np.argmax(scores))
     groups = _groups(answers)
     first: dict[int, int] = {}
     for i, g in enumerate(groups):
         first.setdefault(g, i)
     canon = [None if g < 0 else answers[first[g]] for g in groups]
-    out["weighted"] = vote(canon, list(scores))
-    out["majority"] = vote(canon)
+    for k, w in (("weighted", list(scores)), ("majority", None)):
+        win = vote(canon, w)
+        out[k] = None if win is None else canon.index(win)
     return out
+
+
+def select_answers(answers: Sequence[str | None], scores: Sequence[float]) -> dict:
+    """The naive / weighted / majority choices among candidates (None if no answers).
+
+    Equivalent answers (``is_equiv``) vote together under the spelling seen first; the
+    votes are ``eval.prm_quality.vote`` (ties go to the answer seen first)."""
+    return {k: None if i is None else answers[i]
+            for k, i in select_indices(answers, scores).items()}
 
 
 def prompt_buckets(lens: Sequence[int], *, multiple: int, limit: int
@@ -133,12 +141,20 @@ def _study_equal(pred: str | None, reference: str) -> bool:
     return bool(study_equal(pred, reference))
 
 
-def _grades(pick: dict, answers: Sequence[str | None], reference: str) -> dict:
+def _grades(answers: Sequence[str | None], raw: Sequence[str | None], pick: dict,
+            p) -> dict:
+    """Both graders' verdicts: ``correct_*`` is ``is_equiv`` on normalized answers,
+    ``study_correct_*`` the study's ``study_equal`` on the raw ``\\boxed`` content and
+    the raw reference (as the Qwen2.5-Math evaluation compares them)."""
+    ref_raw = str(p.meta.get("raw_answer", p.answer)) if p.meta else p.answer
     return {
-        **{f"correct_{k}": is_equiv(v, reference) for k, v in pick.items()},
-        **{f"study_correct_{k}": _study_equal(v, reference) for k, v in pick.items()},
-        "oracle": any(is_equiv(a, reference) for a in answers),
-        "study_oracle": any(_study_equal(a, reference) for a in answers),
+        **{f"pred_{k}": None if i is None else answers[i] for k, i in pick.items()},
+        **{f"correct_{k}": i is not None and is_equiv(answers[i], p.answer)
+           for k, i in pick.items()},
+        **{f"study_correct_{k}": i is not None and _study_equal(raw[i], ref_raw)
+           for k, i in pick.items()},
+        "oracle": any(is_equiv(a, p.answer) for a in answers),
+        "study_oracle": any(_study_equal(a, ref_raw) for a in raw),
     }
 
 
@@ -150,26 +166,30 @@ def _row_head(p, cfg: SearchConfig, prompt_len: int) -> dict:
 
 def error_row(p, cfg: SearchConfig, prompt_len: int, error: str) -> dict:
     """The row of a problem that was not searched (graded wrong, with the reason)."""
-    pick = select_answers([], [])
     return {**_row_head(p, cfg, prompt_len), "error": error,
-            **{f"pred_{k}": v for k, v in pick.items()}, **_grades(pick, [], p.answer),
-            "candidate_answers": [], "candidate_scores": [], "best_text": "",
-            "policy_tokens": 0.0, "policy_flops": 0.0, "prm_tokens": 0.0, "prm_flops": 0.0}
+            **_grades([], [], select_indices([], []), p),
+            "candidate_answers": [], "candidate_raw_answers": [], "candidate_scores": [],
+            "best_text": "", "policy_tokens": 0.0, "policy_flops": 0.0, "prm_tokens": 0.0,
+            "prm_flops": 0.0}
 
 
 def result_row(task: MathTask, tokenizer, p, res, b: int, cfg: SearchConfig,
                prompt_len: int) -> dict:
-    """The row of problem ``p`` from row ``b`` of a host SearchResult."""
+    """The row of problem ``p`` from row ``b`` of a host SearchResult: the candidates'
+    texts are decoded and their answers grouped on the host (``select_indices``)."""
+    from ttc_jax.tasks.math import extract_raw_answer
+
     valid = np.flatnonzero(res.valid[b])
     texts = [tokenizer.decode_until_eos(res.tokens[b, j, :res.lengths[b, j]]) for j in valid]
     answers = [task.extract_answer(t) for t in texts]
+    raw = [extract_raw_answer(t) for t in texts]
     scores = [float(res.scores[b, j]) for j in valid]
-    pick = select_answers(answers, scores)
+    pick = select_indices(answers, scores)
     return {
-        **_row_head(p, cfg, prompt_len), "error": None,
-        **{f"pred_{k}": v for k, v in pick.items()}, **_grades(pick, answers, p.answer),
-        "candidate_answers": answers, "candidate_scores": scores,
-        "best_text": texts[int(np.argmax(scores))] if texts else "",
+        **_row_head(p, cfg, prompt_len), "error": None, **_grades(answers, raw, pick, p),
+        "candidate_answers": answers, "candidate_raw_answers": raw,
+        "candidate_scores": scores,
+        "best_text": texts[pick["naive"]] if texts else "",
         "policy_tokens": float(res.compute.policy_tokens[b]),
         "policy_flops": float(res.compute.policy_flops[b]),
         "prm_tokens": float(res.compute.prm_tokens[b]),

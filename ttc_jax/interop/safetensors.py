@@ -130,3 +130,29 @@ class SafetensorsCheckpoint:
         lo, hi = info["data_offsets"]
         buf = self._maps[f][start + lo:start + hi]
         return buf.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, np.ndarray],
+                     metadata: dict[str, str] | None = None) -> None:
+    """Writes ``tensors`` (name -> numpy array) as one safetensors file (as the
+    ``safetensors`` library lays it out: sorted names, 8-byte aligned header)."""
+    names = {np.dtype(v): k for k, v in _DTYPES.items()}
+    header, blobs, off = {}, [], 0
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        if a.dtype not in names:
+            raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be written; use one "
+                             f"of {sorted(_DTYPES)}")
+        b = a.tobytes()
+        header[name] = {"dtype": names[a.dtype], "shape": list(a.shape),
+                        "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for b in blobs:
+            f.write(b)
