@@ -13,6 +13,7 @@ CORE = [
     "ml_collections==1.1.0",
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
+    "sympy==1.14.0",  # MATH grading (a whitelist parser builds its expressions)
 ]
 
 EXTRAS = {
@@ -30,10 +31,14 @@ EXTRAS = {
         "transformers==5.24.0",
         "tokenizers==0.23.3",
         "safetensors==0.8.0",
+        "jinja2==3.1.6",
+        # real Llama 3 / Qwen2 vocabularies, read from the GGUF vocab files (interop/real_vocab.py)
+        "gguf==0.19.0",
     ],
     # Hugging Face interop; transformers + torch are only a test-time reference.
     "hf": [
         "tokenizers==0.23.3",
+        "jinja2==3.1.6",  # the model folders' own chat templates
     ],
 }
 

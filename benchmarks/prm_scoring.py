@@ -71,7 +71,7 @@ def incremental(graphdef, params, prompts, plens, sols, ends):
     s = SearchState(cache=None, logits=None, prm_cache=cache, tokens=sols, num_tokens=zi,
                     line_start=zi, step_scores=jnp.zeros((R, t)), step_pos=jnp.zeros((R, t),
                     jnp.int32), num_steps=zi, open_step=zb, done=zb, ended=zb,
-                    compute=Compute.zeros(P))
+                    compute=Compute.zeros(P), vocab=SPEC.tables())
     for i in range(STEPS):  # one search iteration: the new step's tokens only
         start = s.num_tokens
         s = score_new(prm, s.replace(num_tokens=ends[:, i]), start, spec=SPEC, width=WIDTH)

@@ -109,7 +109,7 @@ def host_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
     @jax.jit
     def start(pparams, rparams, prompts, lens, keys):
         s = init_state(nnx.merge(pdef, pparams), nnx.merge(rdef, rparams), prompts, lens,
-                       n=n, capacity=capacity, max_new_tokens=t)
+                       n=n, capacity=capacity, max_new_tokens=t, vocab=SPEC.tables())
         return s, row_keys(keys, n)
 
     @functools.partial(jax.jit, donate_argnums=2)
@@ -141,7 +141,7 @@ def reference_loop_beam(policy, prm, prompts, lens, cfg: SearchConfig):
     @jax.jit
     def start(pparams, prompts, lens, keys):
         s = init_state(nnx.merge(pdef, pparams), None, prompts, lens, n=n, capacity=capacity,
-                       max_new_tokens=t)
+                       max_new_tokens=t, vocab=SPEC.tables())
         return s, row_keys(keys, n)
 
     @functools.partial(jax.jit, donate_argnums=1)

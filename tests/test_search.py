@@ -162,7 +162,7 @@ def greedy_step_reference(policy, ids: list[int], cap: int) -> list[int]:
         logits = logits[0, len(seq) - 1]
         logits[banned] = -np.inf
         out.append(int(np.argmax(logits)))
-        if out[-1] in (SPEC.delimiter_id, SPEC.eos_id):
+        if out[-1] in SPEC.delimiter_ids + SPEC.eos_ids:
             break
     return out
 
@@ -181,7 +181,7 @@ def test_lookahead_score_equals_an_independent_greedy_rollout(models, prompts, r
             ends, pos = [], 0  # where the kernel's steps ended: delimiter, eos or the cap
             while pos < len(sol):
                 span = sol[pos:pos + BASE["max_step_tokens"]]
-                stop = [j for j, t in enumerate(span) if t in (SPEC.delimiter_id, SPEC.eos_id)]
+                stop = [j for j, t in enumerate(span) if t in SPEC.delimiter_ids + SPEC.eos_ids]
                 pos += stop[0] + 1 if stop else len(span)
                 ends.append(pos)
             for i in range(int(tr.iterations) - 1):  # the last iteration does no lookahead

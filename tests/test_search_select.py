@@ -116,7 +116,7 @@ def test_on_device_answer_ids_match_extract_answer():
     for i, s in enumerate(seqs):
         tokens[i, :len(s)] = s
     lens = np.array([len(s) for s in seqs])
-    got = np.asarray(answer_ids(jnp.asarray(tokens), jnp.asarray(lens), SPEC))
+    got = np.asarray(answer_ids(jnp.asarray(tokens), jnp.asarray(lens), SPEC, SPEC.tables()))
     want = [answer_id_of_text(TASK.extract_answer(TOK.decode_until_eos(s))) for s in seqs]
     np.testing.assert_array_equal(got, want)
     assert (got >= 0).sum() > 20 and (got < 0).sum() > 20
@@ -240,7 +240,8 @@ def test_best_of_n_with_a_perfect_verifier_equals_oracle_at_n():
         agg = aggregate(jnp.asarray(step_scores), jnp.asarray(num_steps), how)
         chosen = np.asarray(best_index(agg))
         answers = np.asarray(answer_ids(jnp.asarray(tokens.reshape(-1, t)),
-                                        jnp.asarray(lens.reshape(-1)), SPEC)).reshape(-1, n)
+                                        jnp.asarray(lens.reshape(-1)), SPEC,
+                                        SPEC.tables())).reshape(-1, n)
         picked = answers[np.arange(len(problems)), chosen]
         right = [int(prob.answer) for prob in problems]
         bon = np.mean(picked == right)

@@ -233,7 +233,7 @@ def test_search_step_generator_matches_the_search_kernel_when_greedy():
     @functools.partial(jax.jit, static_argnums=(0, 1, 2))
     def run(stop_at_delimiter, cap, gamma):
         s = init_state(target, None, toks, lens, n=n, capacity=width + t_max,
-                       max_new_tokens=t_max)
+                       max_new_tokens=t_max, vocab=spec.tables())
         ref, start_ref = generate(target, s, None, jnp.ones((4,), bool), strategy=None,
                                   spec=spec, cap=cap, stop_at_delimiter=stop_at_delimiter)
         d_cache = KVCache.init(cfg_d, 2, width + t_max)

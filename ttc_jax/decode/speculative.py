@@ -410,7 +410,7 @@ def speculative_generate_step(policy, draft, s, draft_cache: KVCache, prompt_las
         """[R, γ+1]: where the line of block token j starts (after the last delimiter
         before it, in the block or earlier)."""
         pos = num_tokens[:, None] + j
-        after = jnp.where(block == spec.delimiter_id, pos + 1, 0)
+        after = jnp.where(s.vocab.lookup(block), pos + 1, 0)
         before = jnp.pad(jax.lax.cummax(after, axis=1)[:, :-1], ((0, 0), (1, 0)))
         return jnp.maximum(line_start[:, None], before), pos
 
@@ -422,8 +422,8 @@ def speculative_generate_step(policy, draft, s, draft_cache: KVCache, prompt_las
             idx = jnp.clip(ls[..., None] + jnp.arange(k), 0, width - 1)  # [R, γ+1, k]
             line = jnp.take_along_axis(tmp[:, None, :], idx, axis=2)
             answer_line = jnp.all(line == prefix, axis=-1) & (ls + k < pos + 1)
-            is_delim = block == spec.delimiter_id
-            ended = (block == spec.eos_id) | (is_delim & answer_line)
+            is_delim = s.vocab.lookup(block)
+            ended = spec.is_eos(block) | (is_delim & answer_line)
             return ended | (is_delim & stop_at_delimiter), ended
         return stop_fn
 
@@ -444,7 +444,7 @@ def speculative_generate_step(policy, draft, s, draft_cache: KVCache, prompt_las
             banned=spec.banned())
         ls, pos = line_starts(line_start, ss.num_tokens - m, block)
         committed = j < m[:, None]
-        last_delim = jnp.max(jnp.where(committed & (block == spec.delimiter_id), pos + 1, 0),
+        last_delim = jnp.max(jnp.where(committed & s.vocab.lookup(block), pos + 1, 0),
                              axis=1)
         line_start = jnp.maximum(line_start, last_delim)
         f = go.astype(jnp.float32)

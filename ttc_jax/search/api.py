@@ -30,14 +30,14 @@ from ttc_jax.search.tokens import NO_ANSWER, SearchTokens, answer_id_of_text
 @functools.partial(jax.jit, static_argnames=("policy_def", "prm_def", "draft_def", "strategy",
                                              "kernel", "capacity", "max_new_tokens", "gamma"))
 def _search_jit(policy_def, policy_params, prm_def, prm_params, draft_def, draft_params,
-                prompts, prompt_lens, problem_keys, *, strategy, kernel, capacity,
+                prompts, prompt_lens, problem_keys, vocab, *, strategy, kernel, capacity,
                 max_new_tokens, gamma):
     policy = nnx.merge(policy_def, policy_params)
     prm = None if prm_def is None else nnx.merge(prm_def, prm_params)
     draft = None if draft_def is None else nnx.merge(draft_def, draft_params)
     hoist_layers(policy, prm, draft)  # per-layer params sliced once, outside the loops
     s = init_state(policy, prm, prompts, prompt_lens, n=strategy.n, capacity=capacity,
-                   max_new_tokens=max_new_tokens, draft=draft)
+                   max_new_tokens=max_new_tokens, draft=draft, vocab=vocab)
     if draft is not None:  # every step (and lookahead rollout) is generated speculatively
         policy = Drafted(policy, draft, gamma)
     return strategy.run(policy, prm, s, row_keys(problem_keys, strategy.n), kernel)
@@ -58,7 +58,8 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
       policy: the policy Transformer; prm: the ProcessRewardModel (None only for
         'majority').
       prompts: [P, W] int32 right-padded prompts (bos first); prompt_lens: [P] (>= 1).
-      cfg: the search; spec: the task's token ids (``SearchTokens.from_task(task)``).
+      cfg: the search; spec: the task's token ids and tables
+        (``SearchTokens.from_task(task)``); its tables cover every id the policy can emit.
       problem_ids: [P] ints naming the problems for the randomness (default 0..P-1): the
         same id, seed and layout give the same result whatever else is in the batch.
       capacity: KV-cache slots (default W + cfg.max_new_tokens).
@@ -89,6 +90,10 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
     if capacity < w + cfg.max_new_tokens:
         raise ValueError(f"capacity={capacity} < prompt width {w} + max_new_tokens="
                          f"{cfg.max_new_tokens}; raise capacity or lower max_new_tokens")
+    if spec.vocab_size < policy.cfg.vocab_size:
+        raise ValueError(f"spec covers {spec.vocab_size} ids but the policy emits "
+                         f"{policy.cfg.vocab_size}; build it with SearchTokens.from_task(task, "
+                         f"vocab_size={policy.cfg.vocab_size})")
     problem_ids = np.arange(p) if problem_ids is None else np.asarray(problem_ids)
     if problem_ids.shape != (p,):
         raise ValueError(f"problem_ids has shape {problem_ids.shape}; expected ({p},)")
@@ -105,15 +110,18 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
     prm_def, prm_params = nnx.split(prm) if prm is not None else (None, None)
     draft_def, draft_params = nnx.split(draft) if draft is not None else (None, None)
     keys = problem_keys(cfg.seed, problem_ids)
+    vocab = spec.tables()
     scope = contextlib.nullcontext()
     if mesh is not None:
         policy_params = shard_tree(policy_params, mesh)
         prm_params = None if prm is None else shard_tree(prm_params, mesh)
-        prompts, prompt_lens, keys = replicate((prompts, prompt_lens, keys), mesh)
+        prompts, prompt_lens, keys, vocab = replicate((prompts, prompt_lens, keys, vocab),
+                                                      mesh)
         scope = jax.set_mesh(mesh)
     with scope:
         res = _search_jit(policy_def, policy_params, prm_def, prm_params, draft_def,
-                          draft_params, prompts, prompt_lens, keys, strategy=make_strategy(cfg),
+                          draft_params, prompts, prompt_lens, keys, vocab,
+                          strategy=make_strategy(cfg),
                           kernel=Kernel(make_sampler(cfg), spec, cfg.max_step_tokens),
                           capacity=capacity, max_new_tokens=cfg.max_new_tokens,
                           gamma=gamma if draft is not None else 0)
@@ -147,7 +155,8 @@ def search_problems(policy, prm, task, problems: Sequence, cfg: SearchConfig, *,
     prompts, lens = encode_prompts(task, problems, prompt_multiple)
     return [_row(task, task.tokenizer, problems[i], res, b, cfg)
             for i, res, b in search_batches(policy, prm, prompts, lens, cfg,
-                                            SearchTokens.from_task(task),
+                                            SearchTokens.from_task(
+                                                task, vocab_size=policy.cfg.vocab_size),
                                             batch_size=batch_size, mesh=mesh, draft=draft,
                                             gamma=gamma)]
 
@@ -181,7 +190,9 @@ def _row(task, tok, problem, res: SearchResult, b: int, cfg: SearchConfig) -> di
     c = int(res.chosen[b])
     text = tok.decode_until_eos(res.tokens[b, c, :res.lengths[b, c]])
     answer = task.extract_answer(text)
-    if answer_id_of_text(answer) != int(res.answer[b]):  # the device and host must agree
+    # digits are read exactly alike on device and host: they must agree (MATH answers are
+    # grouped on the host by equivalence, the device id only groups equal text)
+    if task.answer_kind == "digits" and answer_id_of_text(answer) != int(res.answer[b]):
         raise RuntimeError(f"on-device answer id {int(res.answer[b])} != host "
                            f"{answer_id_of_text(answer)} for {text!r}")
     valid = res.valid[b]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from ttc_jax.config import ModelConfig
 from ttc_jax.models.cache import KVCache
+from ttc_jax.search.tokens import TokenTables
 
 
 def flops_line(cfg: ModelConfig, *, lm_head: bool = True) -> tuple[float, float]:
@@ -69,6 +70,7 @@ class SearchState:
       draft_cache: the draft model's KVCache over R rows (speculative step generation,
         ``search(..., draft=...)``), holding the same tokens as ``cache``; else None.
       prompt_last: [R] each row's last prompt token (with a draft), else None.
+      vocab: the tokenizer's per-token tables (step ends, answer reading); not per row.
     """
 
     cache: KVCache
@@ -86,6 +88,7 @@ class SearchState:
     compute: Compute
     draft_cache: KVCache | None = None
     prompt_last: jax.Array | None = None
+    vocab: TokenTables | None = None
 
     @property
     def rows(self) -> int:
@@ -103,7 +106,8 @@ class SearchState:
             open_step=take(self.open_step), done=take(self.done), ended=take(self.ended),
             compute=self.compute,
             draft_cache=None if self.draft_cache is None else self.draft_cache.gather(rows),
-            prompt_last=None if self.prompt_last is None else take(self.prompt_last))
+            prompt_last=None if self.prompt_last is None else take(self.prompt_last),
+            vocab=self.vocab)
 
 
 def _prefill_flops(lens: jax.Array, base: float, slope: float) -> jax.Array:
@@ -113,7 +117,8 @@ def _prefill_flops(lens: jax.Array, base: float, slope: float) -> jax.Array:
 
 
 def init_state(policy, prm, prompts: jax.Array, prompt_lens: jax.Array, *, n: int,
-               capacity: int, max_new_tokens: int, draft=None) -> SearchState:
+               capacity: int, max_new_tokens: int, draft=None,
+               vocab: TokenTables | None = None) -> SearchState:
     """Prefills the models once per problem and broadcasts to N rows each.
 
     Args:
@@ -121,6 +126,7 @@ def init_state(policy, prm, prompts: jax.Array, prompt_lens: jax.Array, *, n: in
       capacity: KV-cache slots (>= W + max_new_tokens).
       draft: an optional draft model for speculative step generation; its prefill
         counts as policy FLOPs.
+      vocab: the tokenizer's tables (``SearchTokens.tables()``), carried unchanged.
     """
     p = prompts.shape[0]
     r, t = p * n, max_new_tokens
@@ -148,7 +154,7 @@ def init_state(policy, prm, prompts: jax.Array, prompt_lens: jax.Array, *, n: in
     zeros_i = jnp.zeros((r,), jnp.int32)
     false = jnp.zeros((r,), bool)
     return SearchState(
-        draft_cache=draft_cache, prompt_last=prompt_last,
+        draft_cache=draft_cache, prompt_last=prompt_last, vocab=vocab,
         cache=cache.repeat(n), logits=jnp.repeat(last, n, axis=0), prm_cache=prm_cache,
         tokens=jnp.zeros((r, t), jnp.int32), num_tokens=zeros_i, line_start=zeros_i,
         step_scores=jnp.zeros((r, t), jnp.float32), step_pos=jnp.zeros((r, t), jnp.int32),

@@ -1,15 +1,16 @@
 """The one step-generation kernel every strategy shares, and incremental PRM scoring.
 
 ``generate`` extends each active row token by token (``lax.while_loop``, one
-``policy.extend`` of one token per iteration) until the step delimiter, eos, a completed
-answer line, the per-step cap or a full buffer; stopped and inactive rows are masked.
+``policy.extend`` of one token per iteration) until a step end (any token whose text
+contains the step separator: ``s.vocab.ends_step``), any eos id, a completed answer
+line, the per-step cap or a full buffer; stopped and inactive rows are masked.
 With ``stop_at_delimiter=False`` and ``cap=T`` the same kernel writes whole solutions
 (best-of-N, the last iteration of beam search).
 
 ``score_new`` feeds the tokens a row gained since ``start`` to the PRM's own cache in
 blocks of ``width`` tokens (``prm.extend``) and records a score at every step end, the
 same positions the PRM was trained on (``train.data.step_end_positions``): each
-delimiter, and the last non-eos token of a line cut short.
+step-end token, and the last non-eos token of a line cut short.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def generate(policy, s: SearchState, keys: jax.Array | None, active: jax.Array, 
         num_tokens = s.num_tokens + running
         ctx = s.cache.lengths + 1  # positions this token attends to
         logits, cache = policy.extend(tok[:, None], s.cache, running.astype(jnp.int32))
-        is_eos = tok == spec.eos_id
-        is_delim = tok == spec.delimiter_id
+        is_eos = spec.is_eos(tok)
+        is_delim = s.vocab.lookup(tok)
         line = jnp.take_along_axis(
             tokens, jnp.clip(s.line_start[:, None] + jnp.arange(k), 0, width - 1), axis=1)
         answer_line = jnp.all(line == prefix, axis=1) & (s.line_start + k < num_tokens)
@@ -135,7 +136,7 @@ def score_new(prm, s: SearchState, start: jax.Array, *, spec: SearchTokens,
     """Scores tokens [start, num_tokens) of every row with the PRM's own cache.
 
     Blocks of ``width`` tokens go through ``prm.extend``; a row's step scores are written
-    at every delimiter and at its last non-eos token (a line cut short: marked
+    at every step-end token and at its last non-eos token (a line cut short: marked
     ``open_step`` so the next block's step end overwrites it).
     """
     r, t = s.tokens.shape
@@ -144,7 +145,7 @@ def score_new(prm, s: SearchState, start: jax.Array, *, spec: SearchTokens,
     base, slope = flops_line(prm.cfg, lm_head=False)
     end = s.num_tokens  # [R]
     last_tok = jnp.take_along_axis(s.tokens, jnp.maximum(end - 1, 0)[:, None], axis=1)[:, 0]
-    last_real = end - 1 - (last_tok == spec.eos_id)  # last non-eos position
+    last_real = end - 1 - spec.is_eos(last_tok)  # last non-eos position
     n_chunks = jnp.max((end - start + width - 1) // width)
     col = jnp.arange(width, dtype=jnp.int32)[None, :]  # [1, C]
 
@@ -158,7 +159,7 @@ def score_new(prm, s: SearchState, start: jax.Array, *, spec: SearchTokens,
         ctx = s.prm_cache.lengths[:, None] + col + 1  # [R, C]
         logits, prm_cache = prm.extend(block, s.prm_cache, num_new)  # [R, C]
         probs = jax.nn.sigmoid(logits)
-        is_end = valid & ((block == spec.delimiter_id) | (pos == last_real[:, None]))
+        is_end = valid & (s.vocab.lookup(block) | (pos == last_real[:, None]))
         base_idx = s.num_steps - s.open_step  # reuse an open step's slot
         idx = base_idx[:, None] + jnp.cumsum(is_end, axis=1) - 1  # [R, C]
         idx = jnp.where(is_end, idx, t)  # out of bounds: dropped
@@ -166,8 +167,8 @@ def score_new(prm, s: SearchState, start: jax.Array, *, spec: SearchTokens,
         step_pos = s.step_pos.at[rows[:, None], idx].set(pos, mode="drop")
         n_end = jnp.sum(is_end, axis=1)
         last_end_tok = jnp.max(jnp.where(is_end, pos, -1), axis=1)  # [R]
-        cut = jnp.take_along_axis(s.tokens, jnp.maximum(last_end_tok, 0)[:, None],
-                                  axis=1)[:, 0] != spec.delimiter_id
+        cut = ~s.vocab.lookup(jnp.take_along_axis(
+            s.tokens, jnp.maximum(last_end_tok, 0)[:, None], axis=1)[:, 0])
         f = valid.astype(jnp.float32)
         compute = s.compute.replace(
             prm_tokens=s.compute.prm_tokens + per_problem(f.sum(1), p),

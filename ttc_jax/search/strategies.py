@@ -40,9 +40,9 @@ def _rows(x: jax.Array, p: int) -> jax.Array:
 
 
 def _finish(p: int, tokens, lengths, step_scores, num_steps, ended, valid, scores, chosen,
-            spec: SearchTokens, compute, trace=None) -> SearchResult:
+            spec: SearchTokens, vocab, compute, trace=None) -> SearchResult:
     answers = answer_ids(tokens.reshape(-1, tokens.shape[-1]), lengths.reshape(-1),
-                         spec).reshape(lengths.shape)
+                         spec, vocab).reshape(lengths.shape)
     answers = jnp.where(valid, answers, -1)
     answer = jnp.take_along_axis(answers, chosen[:, None], axis=1)[:, 0]
     return SearchResult(chosen=chosen, answer=answer, tokens=tokens, lengths=lengths,
@@ -68,7 +68,7 @@ class Sampling:
                  spec=kernel.spec, cap=t, stop_at_delimiter=False, width=kernel.step_tokens)
         agg = _rows(aggregate(s.step_scores, s.num_steps, self.aggregation), p)
         tokens, lengths = _rows(s.tokens, p), _rows(s.num_tokens, p)
-        answers = answer_ids(s.tokens, s.num_tokens, kernel.spec).reshape(p, -1)
+        answers = answer_ids(s.tokens, s.num_tokens, kernel.spec, s.vocab).reshape(p, -1)
         if self.rule == "majority":
             _, chosen = vote(answers)
         elif self.rule == "best_of_n":
@@ -80,7 +80,7 @@ class Sampling:
                              f"weighted_best_of_n")
         return _finish(p, tokens, lengths, _rows(s.step_scores, p), _rows(s.num_steps, p),
                        _rows(s.ended, p), jnp.ones(lengths.shape, bool), agg, chosen,
-                       kernel.spec, s.compute)
+                       kernel.spec, s.vocab, s.compute)
 
 
 def _lookahead(policy, prm, s: SearchState, eligible, k: int, kernel: Kernel,
@@ -194,14 +194,14 @@ class TreeSearch:
             chosen = best_index(pool.score, pool.valid)
             return _finish(p, pool.tokens, pool.num_tokens, pool.step_scores, pool.num_steps,
                            pool.ended, pool.valid, pool.score, chosen, kernel.spec,
-                           s.compute, tr)
+                           s.vocab, s.compute, tr)
         g = n // m
         first = lambda x: _rows(x, p).reshape((p, g, m) + x.shape[1:])[:, :, 0]
         agg = first(aggregate(s.step_scores, s.num_steps, self.aggregation))
         chosen = best_index(agg)
         return _finish(p, first(s.tokens), first(s.num_tokens), first(s.step_scores),
                        first(s.num_steps), first(s.ended), jnp.ones((p, g), bool), agg,
-                       chosen, kernel.spec, s.compute, tr)
+                       chosen, kernel.spec, s.vocab, s.compute, tr)
 
 
 def make_strategy(cfg: SearchConfig) -> Sampling | TreeSearch:

@@ -60,6 +60,10 @@ class Task(abc.ABC):
     name: ClassVar[str]
     step_delimiter: ClassVar[str]
     has_exact_step_labels: ClassVar[bool] = False
+    # How the search reads a row's answer on device (``search.tokens.answer_ids``):
+    # 'digits' after ``answer_marker``, or 'boxed' (the last \boxed{...} content).
+    answer_kind: ClassVar[str] = "digits"
+    answer_marker: ClassVar[str] = "A:"
 
     @property
     @abc.abstractmethod

@@ -1172,6 +1172,8 @@ class MathTask(Task):
 
     name = "math"
     step_delimiter = "\n\n"
+    answer_kind = "boxed"  # on device: a hash of the last \boxed{...} content's bytes
+    answer_marker = "Therefore, the final answer is"
 
     def __init__(self, path: str | Path, tokenizer: Tokenizer | None = None,
                  chat_format: str | None = "llama3", system_prompt: str = SYSTEM_PROMPT):

@@ -24,9 +24,15 @@ class Tokenizer(Protocol):
 
     vocab_size: int
     pad_id: int
-    bos_id: int
-    eos_id: int
+    bos_id: int | None  # None: the tokenizer has no bos (Qwen)
+    eos_id: int  # the first of ``eos_ids``
+    eos_ids: tuple[int, ...]  # every id that ends a generation
     step_delimiter_id: int | None
+    step_delimiter_ids: tuple[int, ...]  # every id whose text contains the step delimiter
+
+    def vocab_bytes(self) -> list[bytes]:
+        """The bytes of each id's text (b"" for special ids), index = id."""
+        ...
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of ``text``, optionally with ``bos_id`` first and ``eos_id`` last."""
@@ -84,6 +90,21 @@ class CharTokenizer:
         if self.step_delimiter is None:
             return None
         return self._char_to_id[self.step_delimiter]
+
+    @property
+    def step_delimiter_ids(self) -> tuple[int, ...]:
+        """Every id whose text contains the step delimiter (here: the one character)."""
+        return () if self.step_delimiter is None else (self.step_delimiter_id,)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return (self.eos_id,)
+
+    has_bos = True
+
+    def vocab_bytes(self) -> list[bytes]:
+        """The UTF-8 bytes of each id's text (b"" for the special ids), index = id."""
+        return [b""] * self._num_special + [c.encode("utf-8") for c in self.alphabet]
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Ids of the characters of ``text``; raises ``ValueError`` on a character not known."""
