@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 V, DELIM, EOS, PLUS, MINUS = 96, 10, 2, 5, 6
-POLICY = dict(policy_prefix=(80, 81, 82), policy_suffix=(83, 84), delimiter_id=DELIM,
+POLICY = dict(policy_prefix=(80, 81, 82), policy_suffix=(83, 84), delimiter_ids=(DELIM,),
               eos_ids=(EOS,))
 TOKEN_PROB = dict(POLICY, prm_prefix=(70, 71), prm_suffix=(72,), read=(60, 61, 62),
                   after=(PLUS, 63, 64, 65), plus_id=PLUS, minus_id=MINUS)
@@ -173,8 +173,10 @@ def test_adapter_plugs_into_search(tmp_path):
         tmp_path)
     lm = load_hf_model(tmp_path, max_seq_len=128)
     prm = TokenProbPRM(lm, cache_len=160, **TOKEN_PROB)
-    spec = SearchTokens(pad_id=0, bos_id=1, eos_id=EOS, delimiter_id=DELIM,
-                        answer_prefix=(90, 91), digit_ids=tuple(range(11, 21)))
+    vocab = [b"\n\n" if i == DELIM else str(i - 11).encode() if 11 <= i < 21
+             else f"<{i}>".encode() for i in range(V)]
+    spec = SearchTokens.build(vocab=vocab, pad_id=0, bos_id=1, eos_ids=(EOS,),
+                              answer_prefix=(90, 91))
     prompts = np.asarray([[80, 81, 82, 20, 21, 83, 84]], np.int32)
     cfg = SearchConfig(method="beam", n=4, beam_width=2, max_steps=3, max_step_tokens=4,
                        max_new_tokens=16, temperature=1.0, aggregation="min")
