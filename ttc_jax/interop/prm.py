@@ -290,7 +290,8 @@ def _pair_table(policy_bytes, vocab, heads, next_mode, delim, enc, prefetch, str
             if t[k:] in head_prefixes:
                 lefts_of.setdefault(t[k:], set()).add(t[:k])
     out, todo = {}, []
-    for m in range(MODES):
+    same = fmt.join is None and not fmt.trim  # every mode reads a token alike
+    for m in range(1 if same else MODES):
         by_suffix: dict[bytes, list[int]] = {}
         ws_end = []
         lt = {}
@@ -326,7 +327,8 @@ def _pair_table(policy_bytes, vocab, heads, next_mode, delim, enc, prefetch, str
     canon = {k: list(c) for k, c in zip(whole, canon, strict=True)}
     for (m, p, q), ids in differ:
         if canon[(p, q)] == [p, q]:
-            out[(m, p, q)] = ids
+            for mm in (range(MODES) if same else (m,)):
+                out[(mm, p, q)] = ids
     return out
 
 
