@@ -34,7 +34,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.prm = ""               # folder of the PRM ('' = majority voting only)
     c.prm_kind = "token_prob"  # 'token_prob' (RLHFlow +/-) or 'classifier' (Qwen2.5-Math)
     c.data = ""              # MATH-500 JSONL: problem, answer, level, unique_id
-    c.chat_format = "llama3"   # 'llama3' or 'qwen'
+    c.chat_format = "llama3"   # 'llama3' or 'qwen' (used when a folder has no chat template)
+    c.chat_date = "26 Jul 2024"  # the Llama 3.1+ template's date line ('' = today)
     c.dtype = "bfloat16"
     c.max_seq_len = 2560     # policy cache: prompt + max_new_tokens (longer: an error row)
     c.prm_cache_len = 3072   # PRM cache: its prompt + steps + templates

@@ -355,3 +355,30 @@ def write_random_weights(path: str | Path, *, seed: int = 0, scale: float = 0.2,
     save_safetensors(path / "model.safetensors", tensors, {"format": "pt"})
     return path / "model.safetensors"
 
+
+
+TINY_SHAPES = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                   num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+
+
+def tiny_hf_folder(src: str | Path, dst: str | Path, *, seed: int = 0, prm_head: bool = False,
+                   **shapes) -> Path:
+    """A copy of the HF folder ``src`` (tokenizer files, generation_config, config.json)
+    with tiny decoder shapes (``TINY_SHAPES``, overridden by ``shapes``; the vocabulary
+    and special ids stay) and random weights (:func:`write_random_weights`). With
+    ``prm_head`` it is a Qwen2.5-Math-PRM stand-in (``Qwen2ForProcessRewardModel``).
+    An existing ``dst`` is replaced."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    raw = read_json_file(dst / "config.json", "config.json")
+    raw.update(TINY_SHAPES, **shapes)
+    if prm_head:
+        raw["architectures"] = ["Qwen2ForProcessRewardModel"]
+        raw["tie_word_embeddings"] = True
+    (dst / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    write_random_weights(dst, seed=seed, prm_head=prm_head)
+    return dst

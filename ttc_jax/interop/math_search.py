@@ -5,12 +5,19 @@
     prm = load_prm("token_prob", prm_dir, tok, ...)
     rows = search_math(policy, prm, tok, MathTask(jsonl, tok), problems, cfg)
 
-The on-device search (``ttc_jax.search.search``) generates and scores candidates; its
-answer ids read digits after an answer marker, which MATH answers (``\\boxed{...}``
-LaTeX) do not fit, so the final choice is made here on the host from the candidates'
-texts and PRM scores, the three ways the Hugging Face study reports: ``naive`` (highest
-score), ``weighted`` (answer with the largest score sum) and ``majority`` (most frequent
-answer), answers grouped by ``tasks.math.is_equiv``.
+The on-device search (``ttc_jax.search.search``) generates and scores candidates: a step
+ends at any token holding "\\n\\n" (the tokenizer's ``step_delimiter_ids``), a solution at
+any eos id, and each candidate's answer id is a hash of its last ``\\boxed{...}`` content
+(equal text, equal id; ``candidate_answer_ids`` in the rows). The final choice is made here
+on the host from the candidates' texts and PRM scores, the three ways the Hugging Face
+study reports: ``naive`` (highest score), ``weighted`` (answer with the largest score sum)
+and ``majority`` (most frequent answer), equivalent answers (``tasks.math.is_equiv``:
+``\\frac12`` and ``0.5``) grouped together. Each choice is graded twice: ``correct_*`` by
+``is_equiv``, ``study_correct_*`` by the study's grader ``tasks.math.study_equal``.
+
+Prompts are bucketed by length (``prompt_buckets``), so a few programs are compiled and a
+short prompt is not padded to the longest; a problem that cannot fit gets an error row.
+``run_sweep`` writes rows as problems finish and resumes an interrupted sweep.
 """
 
 from __future__ import annotations
@@ -31,36 +38,31 @@ ANSWER_MARKER = "Therefore, the final answer is"
 CHOICES = ("naive", "weighted", "majority")
 
 
-def hf_search_tokens(tokenizer, answer_marker: str = ANSWER_MARKER) -> SearchTokens:
-    """SearchTokens for a byte-level BPE tokenizer (digits are single tokens)."""
-    if tokenizer.step_delimiter_id is None:
-        raise ValueError("the tokenizer encodes '\\n\\n' as several tokens; step-level "
-                         "search needs a single-token step delimiter")
-    digits = [tokenizer.token_to_id(str(d)) for d in range(10)]
-    if None in digits:
-        raise ValueError("the tokenizer lacks single-digit tokens '0'..'9'")
-    return SearchTokens(pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
-                        eos_id=tokenizer.eos_id, delimiter_id=tokenizer.step_delimiter_id,
-                        answer_prefix=tuple(tokenizer.encode(answer_marker)),
-                        digit_ids=tuple(digits))
+def hf_search_tokens(tokenizer, vocab_size: int | None = None,
+                     answer_marker: str = ANSWER_MARKER) -> SearchTokens:
+    """SearchTokens for a MATH search with a Hugging Face tokenizer: a step ends at every
+    token whose text holds "\\n\\n" (``tokenizer.step_delimiter_ids``: ".\\n\\n" too), a
+    solution at every eos id, and each row's on-device answer is a hash of its last
+    ``\\boxed{...}`` content (equal text, equal id; the host groups equivalent answers).
+    ``vocab_size``: the policy's (its embedding may be larger than the tokenizer)."""
+    return SearchTokens.from_tokenizer(tokenizer, answer="boxed", answer_marker=answer_marker,
+                                       separator=MathTask.step_delimiter,
+                                       vocab_size=vocab_size)
 
 
 def load_prm(kind: str, path: str, tokenizer, *, policy_format: str, policy_system: str,
              dtype: str = "bfloat16", cache_len: int = 4096, mesh=None):
-    """An HF PRM by kind: ``token_prob`` (RLHFlow style) or ``classifier`` (Qwen2.5-Math)."""
+    """An HF PRM by kind: ``token_prob`` (RLHFlow style) or ``classifier`` (Qwen2.5-Math).
+    The PRM's own tokenizer (and chat template) is read from its folder when it has one;
+    ``tokenizer`` is the policy's."""
     from ttc_jax.interop import prm as hf_prm
 
-    if kind == "token_prob":
-        kw = hf_prm.token_prob_prm_kwargs(tokenizer, policy_format=policy_format,
-                                          policy_system=policy_system)
-        return hf_prm.load_token_prob_prm(path, dtype=dtype, cache_len=cache_len, mesh=mesh,
-                                          **kw)
-    if kind == "classifier":
-        kw = hf_prm.classifier_prm_kwargs(tokenizer, policy_format=policy_format,
-                                          policy_system=policy_system)
-        return hf_prm.load_classifier_prm(path, dtype=dtype, cache_len=cache_len, mesh=mesh,
-                                          **kw)
-    raise ValueError(f"prm kind {kind!r}; choose 'token_prob' or 'classifier'")
+    loaders = {"token_prob": hf_prm.load_token_prob_prm,
+               "classifier": hf_prm.load_classifier_prm}
+    if kind not in loaders:
+        raise ValueError(f"prm kind {kind!r}; choose 'token_prob' or 'classifier'")
+    return loaders[kind](path, tokenizer, dtype=dtype, cache_len=cache_len, mesh=mesh,
+                         policy_format=policy_format, policy_system=policy_system)
 
 
 def _groups(answers: Sequence[str | None]) -> list[int]:
@@ -169,7 +171,7 @@ def error_row(p, cfg: SearchConfig, prompt_len: int, error: str) -> dict:
     return {**_row_head(p, cfg, prompt_len), "error": error,
             **_grades([], [], select_indices([], []), p),
             "candidate_answers": [], "candidate_raw_answers": [], "candidate_scores": [],
-            "best_text": "", "policy_tokens": 0.0, "policy_flops": 0.0, "prm_tokens": 0.0,
+            "candidate_answer_ids": [], "candidate_num_steps": [], "best_text": "", "policy_tokens": 0.0, "policy_flops": 0.0, "prm_tokens": 0.0,
             "prm_flops": 0.0}
 
 
@@ -189,6 +191,8 @@ def result_row(task: MathTask, tokenizer, p, res, b: int, cfg: SearchConfig,
         **_row_head(p, cfg, prompt_len), "error": None, **_grades(answers, raw, pick, p),
         "candidate_answers": answers, "candidate_raw_answers": raw,
         "candidate_scores": scores,
+        "candidate_answer_ids": [int(res.answers[b, j]) for j in valid],  # on device
+        "candidate_num_steps": [int(res.num_steps[b, j]) for j in valid],
         "best_text": texts[pick["naive"]] if texts else "",
         "policy_tokens": float(res.compute.policy_tokens[b]),
         "policy_flops": float(res.compute.policy_flops[b]),
@@ -197,17 +201,18 @@ def result_row(task: MathTask, tokenizer, p, res, b: int, cfg: SearchConfig,
     }
 
 
-def iter_search_math(policy, prm, tokenizer, task: MathTask, problems: Sequence,
-                     cfg: SearchConfig, *, batch_size: int = 8, prompt_multiple: int = 128,
-                     mesh=None):
-    """Yields (index into ``problems``, row) as each problem finishes (bucket order).
+def iter_results(policy, prm, tokenizer, task: MathTask, problems: Sequence,
+                 cfg: SearchConfig, *, batch_size: int = 8, prompt_multiple: int = 128,
+                 mesh=None):
+    """Yields (index into ``problems``, prompt length, host SearchResult of its batch or
+    None, row in that batch or the error message) as each problem finishes.
 
     Prompts are bucketed by length (:func:`prompt_buckets`); each bucket is searched in
     batches of ``batch_size`` padded to its own width (the last batch filled with copies
     of its last prompt), so one program per bucket width serves all its batches. A
-    problem whose prompt + ``cfg.max_new_tokens`` exceeds the policy's ``max_seq_len``
-    gets an :func:`error_row` instead of stopping the sweep. A problem's randomness
-    depends only on (seed, uid), not on its batch."""
+    problem whose prompt + ``cfg.max_new_tokens`` exceeds the policy's ``max_seq_len`` is
+    yielded with its error (first, without a search). A problem's randomness depends only
+    on (seed, uid), not on its batch."""
     from ttc_jax.eval.sweep import problem_int
 
     problems = list(problems)
@@ -218,8 +223,10 @@ def iter_search_math(policy, prm, tokenizer, task: MathTask, problems: Sequence,
     lens = [len(s) for s in seqs]
     buckets, too_long = prompt_buckets(lens, multiple=prompt_multiple, limit=limit)
     for i in too_long:
-        yield i, error_row(problems[i], cfg, lens[i], too_long_error(lens[i], cfg, max_len))
-    spec = hf_search_tokens(tokenizer)
+        yield i, lens[i], None, too_long_error(lens[i], cfg, max_len)
+    if not buckets:
+        return
+    spec = hf_search_tokens(tokenizer, vocab_size=policy.cfg.vocab_size)
     for width, members in buckets.items():
         for start in range(0, len(members), batch_size):
             idx = members[start:start + batch_size]
@@ -232,7 +239,22 @@ def iter_search_math(policy, prm, tokenizer, task: MathTask, problems: Sequence,
                          mesh=mesh)
             res = jax.tree.map(np.asarray, res)
             for b, i in enumerate(idx):
-                yield i, result_row(task, tokenizer, problems[i], res, b, cfg, lens[i])
+                yield i, lens[i], res, b
+
+
+def iter_search_math(policy, prm, tokenizer, task: MathTask, problems: Sequence,
+                     cfg: SearchConfig, *, batch_size: int = 8, prompt_multiple: int = 128,
+                     mesh=None):
+    """Yields (index into ``problems``, row) as each problem finishes (see
+    :func:`iter_results`; a too-long problem gets an :func:`error_row`)."""
+    problems = list(problems)
+    for i, plen, res, b in iter_results(policy, prm, tokenizer, task, problems, cfg,
+                                        batch_size=batch_size,
+                                        prompt_multiple=prompt_multiple, mesh=mesh):
+        if res is None:
+            yield i, error_row(problems[i], cfg, plen, b)
+        else:
+            yield i, result_row(task, tokenizer, problems[i], res, b, cfg, plen)
 
 
 def search_math(policy, prm, tokenizer, task: MathTask, problems: Sequence, cfg: SearchConfig,
@@ -333,7 +355,8 @@ def run_id(c, cfg: SearchConfig) -> str:
 
     key = {"search": to_dict(cfg), "policy": Path(c.policy).name,
            "prm": Path(c.prm).name if c.prm else "", "prm_kind": c.prm_kind,
-           "chat_format": c.chat_format, "dtype": c.dtype, "max_seq_len": c.max_seq_len}
+           "chat_format": c.chat_format, "dtype": c.dtype, "max_seq_len": c.max_seq_len,
+           "chat_date": c.get("chat_date") or ""}
     return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
@@ -371,6 +394,7 @@ def run_sweep(c, out_dir) -> list[dict]:
 
         mesh = make_mesh(from_dict(MeshConfig, c.mesh.to_dict()))
     tok = HFTokenizer.from_folder(c.policy)
+    tok.chat_date = c.get("chat_date") or None  # Llama 3.1+ templates print a date line
     task = MathTask(c.data, tok, chat_format=c.chat_format)
     problems = task.all_problems()
     if c.levels:
@@ -405,7 +429,7 @@ def run_sweep(c, out_dir) -> list[dict]:
         log.reorder([p.uid for p in problems])  # file order, whatever order they finished
         rows = [log.rows[p.uid] for p in problems]
         s = {"method": cfg.method, "n": cfg.n, **summarize(rows),
-             "searched": len(todo), "seconds": time.perf_counter() - t0}
+             "new_rows": len(todo), "seconds": time.perf_counter() - t0}
         logging.warning("%s", s)
         summary.append(s)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
