@@ -66,14 +66,14 @@ def sample_solutions(model, task: Task, problems: Sequence[Problem], *, n: int,
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         batch = np.full((batch_size, width), tok.pad_id, np.int32)
-        lens = np.ones((batch_size,), np.int32)  # filler rows: a lone bos
-        batch[:, 0] = tok.bos_id
+        lens = np.ones((batch_size,), np.int32)  # filler rows: a lone bos (or pad)
+        batch[:, 0] = tok.pad_id if tok.bos_id is None else tok.bos_id
         for i, p in enumerate(chunk):
             batch[i, :len(p)] = p
             lens[i] = len(p)
         out = sample(model, (batch, lens), n=n, rng=jax.random.fold_in(rng, start),
                      max_new_tokens=max_new_tokens, strategy=strategy,
-                     stop_tokens=(tok.eos_id,), capacity=capacity, pad_id=tok.pad_id)
+                     stop_tokens=tuple(tok.eos_ids), capacity=capacity, pad_id=tok.pad_id)
         m = len(chunk)
         outs.append(jax.tree.map(lambda x: np.asarray(x)[:m], out))  # noqa: B023
     tokens = np.concatenate([o.tokens for o in outs])

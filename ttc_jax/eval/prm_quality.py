@@ -51,7 +51,8 @@ def score_samples(prm, task: Task, samples: Samples, *, batch_size: int = 64,
         for j, text in enumerate(samples.texts[i]):
             ids, plen = data.encode_example(task, p, text, add_eos=bool(samples.ended[i, j]))
             seqs.append(ids)
-            ends.append(data.step_end_positions(ids, plen, tok.step_delimiter_id, tok.eos_id))
+            ends.append(data.step_end_positions(ids, plen, tok.step_delimiter_ids,
+                                                 tok.eos_ids))
             where.append((i, j))
     width = data.round_up(max(len(s) for s in seqs), multiple)
     graphdef, params = nnx.split(prm)

@@ -238,9 +238,10 @@ class HFTokenizer:
 
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Ids of ``text`` (special tokens written in the text, e.g. ``<|eot_id|>``, become
-        their ids; no template is added)."""
+        their ids; no template is added). ``add_bos`` adds nothing to a text that already
+        starts with bos (a prompt rendered from a chat template)."""
         ids = list(self._tok.encode(text, add_special_tokens=False).ids)
-        if add_bos and self.has_bos:
+        if add_bos and self.has_bos and ids[:1] != [self.bos_id]:
             ids.insert(0, self.bos_id)
         if add_eos:
             ids.append(self.eos_id)

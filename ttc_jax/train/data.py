@@ -99,16 +99,21 @@ def lm_batch(task: Task, cfg: TrainConfig, step: int) -> dict[str, np.ndarray]:
                 cfg.bucket_multiple)
 
 
-def step_end_positions(ids: Sequence[int], prompt_len: int, delimiter_id: int,
-                       eos_id: int) -> list[int]:
+def step_end_positions(ids: Sequence[int], prompt_len: int,
+                       delimiter_ids: int | Sequence[int],
+                       eos_ids: int | Sequence[int]) -> list[int]:
     """Positions (in ``ids``) of the last token of each solution step.
 
-    A step ends at a delimiter token; a final step cut off without a delimiter ends at
-    the last non-eos token. The PRM's score for step i is read at position i of this list.
+    A step ends at a step-end token (any of ``delimiter_ids``: with a real BPE every
+    token whose text holds the separator, e.g. ``".\n\n"``); a final step cut off
+    without one ends at the last non-eos token. The PRM's score for step i is read at
+    position i of this list.
     """
-    ends = [i for i in range(prompt_len, len(ids)) if ids[i] == delimiter_id]
+    delims = {delimiter_ids} if isinstance(delimiter_ids, int) else set(delimiter_ids)
+    eos = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids)
+    ends = [i for i in range(prompt_len, len(ids)) if ids[i] in delims]
     last = len(ids) - 1
-    while last >= prompt_len and ids[last] == eos_id:
+    while last >= prompt_len and ids[last] in eos:
         last -= 1
     if last >= prompt_len and (not ends or ends[-1] < last):
         ends.append(last)

@@ -117,7 +117,7 @@ def build_prm_dataset(policy, task: Task, *, num_problems: int, samples_per_prob
     seqs, ends, out_ys = [], [], []
     for p, t, y in zip(flat_p, flat_t, ys):
         ids, plen = data.encode_example(task, p, t)
-        e = data.step_end_positions(ids, plen, tok.step_delimiter_id, tok.eos_id)
+        e = data.step_end_positions(ids, plen, tok.step_delimiter_ids, tok.eos_ids)
         if len(e) != len(y) or not e:
             continue  # e.g. an empty sample: nothing to score
         seqs.append(ids)
