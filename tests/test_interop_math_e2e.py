@@ -195,6 +195,31 @@ def test_steps_end_at_real_boundaries(llama):
     assert seen_delims > 0 and seen_merged > 0  # the search met real (merged) boundaries
 
 
+@pytest.mark.slow
+def test_qwen_policy_with_a_classifier_prm(real_vocab, tmp_path):
+    """Qwen2.5: no bos, two eos ids, an embedding (151,936) wider than the tokenizer; the
+    Qwen2.5-Math-PRM stand-in brings its own tokenizer (``<extra_0>``)."""
+    from ttc_jax.interop.hf import tiny_hf_folder as tiny_prm_folder
+    from ttc_jax.interop.math_search import run_sweep
+    from ttc_jax.interop.tokenizer import HFTokenizer
+
+    tok = HFTokenizer.from_folder(real_vocab["qwen2.5-instruct"])
+    assert tok.bos_id is None and len(tok.eos_ids) == 2
+    nudge = {tuple(tok.step_delimiter_ids): 1.0, tuple(tok.eos_ids): 1.7}
+    policy = tiny_hf_folder(real_vocab["qwen2.5-instruct"], tmp_path / "policy", seed=2,
+                            nudge=nudge, untie=True)
+    prm = tiny_prm_folder(real_vocab["qwen2.5-math-prm"], tmp_path / "prm", seed=3,
+                          prm_head=True)
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PROBLEMS))
+    c = sweep_config(policy, prm, data, prm_kind="classifier", chat_format="qwen")
+    c.methods = ("beam",)
+    (s,) = run_sweep(c, tmp_path / "out")
+    assert s["problems"] == 4 and s["errors"] == 1
+    rows = [json.loads(x) for x in (tmp_path / "out" / "beam_n4.jsonl").read_text().splitlines()]
+    check_rows(rows, c)
+
+
 def test_select_answers_naive_weighted_majority():
     from ttc_jax.interop.math_search import select_answers
 

@@ -171,8 +171,8 @@ def error_row(p, cfg: SearchConfig, prompt_len: int, error: str) -> dict:
     return {**_row_head(p, cfg, prompt_len), "error": error,
             **_grades([], [], select_indices([], []), p),
             "candidate_answers": [], "candidate_raw_answers": [], "candidate_scores": [],
-            "candidate_answer_ids": [], "candidate_num_steps": [], "best_text": "", "policy_tokens": 0.0, "policy_flops": 0.0, "prm_tokens": 0.0,
-            "prm_flops": 0.0}
+            "candidate_answer_ids": [], "candidate_num_steps": [], "best_text": "",
+            "policy_tokens": 0.0, "policy_flops": 0.0, "prm_tokens": 0.0, "prm_flops": 0.0}
 
 
 def result_row(task: MathTask, tokenizer, p, res, b: int, cfg: SearchConfig,
