@@ -48,7 +48,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.budgets = (4, 16, 64, 256)
     c.search = dict(method="best_of_n", n=4, beam_width=4, max_steps=40, max_step_tokens=64,
                     max_new_tokens=2048, aggregation="last", temperature=0.8, top_p=1.0,
-                    lookahead=0, filter_duplicates=True, seed=0)
+                    lookahead=0, filter_duplicates=True, seed=0,
+                    rules="ttc_jax")  # search_and_learn: the study's exact rules
     if variant == "local":  # a few problems, tiny budgets, short solutions
         c.dtype = "float32"
         c.num_problems = 4

@@ -13,12 +13,17 @@ import pytest
 
 from tests import sal_reference as ref
 from ttc_jax.config import SearchConfig
+from ttc_jax.search import SearchTokens, encode_prompts, row_hash, search
 from ttc_jax.search.select import (
     Pool,
     beam_parents_in_row_order,
     duplicates,
     dvts_parents_halting,
 )
+from ttc_jax.search.strategies import box_opened
+from ttc_jax.tasks import get_task
+
+TASK = get_task("arithmetic")
 
 # -- config ------------------------------------------------------------------------------
 
@@ -30,6 +35,19 @@ def test_rules_is_validated_and_defaults_to_ttc_jax():
     with pytest.raises(ValueError, match=r"search.rules='sal' is unknown; choose one of "
                                          r"\['ttc_jax', 'search_and_learn'\]"):
         SearchConfig(rules="sal")
+
+
+@pytest.mark.parametrize("module", ["experiments.search", "experiments.math500_llama"])
+def test_experiment_configs_carry_the_rules_key(module):
+    """ml_collections only overrides keys that exist: --config.search.rules=... needs it."""
+    import importlib
+
+    from ttc_jax.config import from_dict
+
+    c = importlib.import_module(module).get_config()
+    assert c.search.rules == "ttc_jax"
+    c.search.rules = "search_and_learn"  # what the flag does
+    assert from_dict(SearchConfig, c.search.to_dict()).rules == "search_and_learn"
 
 
 # -- beam search: survivors ----------------------------------------------------------------
@@ -177,3 +195,183 @@ def test_last_score_of_a_trailing_separator_is_the_empty_steps_verdict():
     assert ref.last_score([0.9, 0.8], "Step 1\n\nStep 2") == 0.8
     with pytest.raises(ValueError, match="2 scores for 3 PRM steps"):
         ref.last_score([0.9, 0.8], text)
+
+
+def test_box_opened_matches_the_text_rule_on_token_rows():
+    """On token rows whose vocabulary writes "boxed" only at a token's end and "{" only
+    at a token's start, the token-pair match equals ``"boxed{" in text``."""
+    vocab = [b"", b"", b"", b"\\", b"boxed", b"\\boxed", b"{", b"{1", b"}", b"1", b" ", b"x",
+             b"\n\n"]
+    spec = SearchTokens.build(vocab=vocab, pad_id=0, bos_id=1, eos_ids=[2],
+                              answer_prefix=[11], answer="boxed")
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(3, len(vocab), size=(400, 12))
+    lengths = rng.integers(0, 13, size=400)
+    got = np.asarray(box_opened(jnp.asarray(tokens), jnp.asarray(lengths), spec,
+                                spec.tables()))
+    texts = [b"".join(vocab[t] for t in row[:k]).decode() for row, k in zip(tokens, lengths)]
+    assert list(got) == [ref.dvts_stopped(x) for x in texts]
+    assert 50 < got.sum() < 350
+    digits = SearchTokens.from_task(TASK)  # no box answers: never halts on text
+    assert not np.asarray(box_opened(jnp.asarray(tokens), jnp.asarray(lengths), digits,
+                                     digits.tables())).any()
+
+
+@pytest.mark.parametrize("name", ["llama3.2-instruct", "qwen2.5-instruct"])
+def test_box_opened_on_the_real_vocabularies(real_vocab, name):
+    """No real Llama 3 / Qwen2.5 token holds "boxed" except at its end, and none holds
+    "boxed{", so on their tokenizations the pair rule is the reference's text rule."""
+    from ttc_jax.interop.tokenizer import HFTokenizer
+
+    tok = HFTokenizer.from_folder(real_vocab[name])
+    vocab = tok.vocab_bytes()
+    assert not [b for b in vocab if b"boxed" in b and not b.endswith(b"boxed")]
+    spec = SearchTokens.from_tokenizer(tok, answer="boxed",
+                                       answer_marker="Therefore, the final answer is")
+    texts = ["Therefore, the final answer is: $\\boxed{3}$. I hope it is correct.",
+             "$\\boxed{\\frac{1}{2}}$", "so \\boxed 5", "boxed {7}", "(boxed){", " boxed{x",
+             "## Step 1: add\n\nThe sum is 5.\n\n"]
+    rows = [tok.encode(x) for x in texts]
+    width = max(map(len, rows))
+    tokens = np.array([r + [0] * (width - len(r)) for r in rows])
+    got = np.asarray(box_opened(jnp.asarray(tokens), jnp.asarray([len(r) for r in rows]),
+                                spec, spec.tables()))
+    assert list(got) == [ref.dvts_stopped(x) for x in texts] == [1, 1, 0, 0, 0, 1, 0]
+
+
+# -- end to end on the shipped models ------------------------------------------------------
+
+N, M = 8, 2
+E2E = dict(n=N, beam_width=M, max_steps=6, max_step_tokens=16, max_new_tokens=64,
+           aggregation="min", temperature=1.0)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from ttc_jax.models.io import load_model
+
+    policy, prm = load_model("policy_small"), load_model("prm")
+    spec = SearchTokens.from_task(TASK, vocab_size=policy.cfg.vocab_size)
+    prompts = encode_prompts(TASK, TASK.sample_problems("test", [3, 5], 1, seed=0))
+    cache = {}
+
+    def run(spec_=None, **over):
+        key = (id(spec_), tuple(sorted(over.items())))
+        if key not in cache:
+            cfg = SearchConfig(**{**E2E, **over})
+            cache[key] = jax.tree.map(np.asarray, search(policy, prm, *prompts, cfg,
+                                                         spec_ or spec))
+        return cache[key]
+
+    return types.SimpleNamespace(run=run, spec=spec, policy=policy, prompts=prompts)
+
+
+def _pool_hashes(res, p):
+    return np.asarray(row_hash(jnp.asarray(res.tokens[p]), jnp.asarray(res.lengths[p])))
+
+
+def test_beam_search_keeps_the_first_n_to_finish_and_ranks_like_the_reference(shipped):
+    res = shipped.run(method="beam", rules="search_and_learn", filter_duplicates=True)
+    tr = res.trace
+    iters = int(tr.iterations)
+    assert iters >= 3
+    for p in range(res.tokens.shape[0]):
+        recorded = []
+        for i in range(iters):
+            act = tr.active[i, p]
+            if not act.any():
+                break
+            assert act.all()  # every iteration expands N beams (copies of the survivors)
+            rows = [dict(text=int(tr.hashes[i, p, r]), completed=bool(tr.completed[i, p, r]),
+                         score=float(tr.score[i, p, r])) for r in range(N)]
+            recorded.append(rows)
+            elig = np.isfinite(tr.select_score[i, p])
+            np.testing.assert_array_equal(tr.select_score[i, p][elig], tr.score[i, p][elig])
+            want = ref.beam_next_rows(rows, N, M, filter_duplicates=True)
+            if want:
+                assert list(tr.parents[i, p]) == want, (p, i)
+        pool = ref.beam_completed_pool(recorded, N)
+        assert res.valid[p].all()
+        assert list(_pool_hashes(res, p)) == [recorded[i][r]["text"] for i, r in pool]
+        np.testing.assert_allclose(res.scores[p], [recorded[i][r]["score"] for i, r in pool],
+                                   rtol=1e-6)
+        assert res.chosen[p] == ref.beam_choice(list(res.scores[p]))
+    assert (tr.completed[:iters - 1].sum(axis=(0, 2)) > 0).any()  # some beams finished early
+
+
+def test_beam_lookahead_is_generated_but_never_scored(shipped):
+    """Under the reference's rules a beam search with lookahead=1 is the same search as
+    without (its rollout changes no score); only the policy tokens of the rollouts add."""
+    plain = shipped.run(method="beam", rules="search_and_learn", filter_duplicates=True)
+    look = shipped.run(method="lookahead", lookahead=1, rules="search_and_learn",
+                       filter_duplicates=True)
+    np.testing.assert_array_equal(look.tokens, plain.tokens)
+    np.testing.assert_array_equal(look.scores, plain.scores)
+    np.testing.assert_array_equal(look.trace.parents, plain.trace.parents)
+    np.testing.assert_array_equal(look.compute.prm_tokens, plain.compute.prm_tokens)
+    assert (look.compute.policy_tokens > plain.compute.policy_tokens).all()
+
+
+def test_dvts_returns_every_sibling_of_the_last_expansion_scored_with_its_lookahead(shipped):
+    res = shipped.run(method="dvts", rules="search_and_learn", lookahead=1)
+    tr = res.trace
+    g = N // M
+    assert res.tokens.shape[1] == N and res.valid.all()
+    assert shipped.spec.answer == "digits"  # arithmetic: no box, no text stop
+    looked = 0
+    for p in range(res.tokens.shape[0]):
+        recorded = []
+        for i in range(int(tr.iterations)):
+            act = tr.active[i, p]
+            recorded.append({
+                sub: [dict(text=int(tr.hashes[i, p, r]), stopped=bool(tr.completed[i, p, r]),
+                           score=float(tr.select_score[i, p, r]))
+                      for r in range(sub * M, (sub + 1) * M)]
+                for sub in range(g) if act[sub * M]})
+            elig = act & ~tr.completed[i, p]
+            looked += int(np.sum(tr.select_score[i, p][elig] != tr.score[i, p][elig]))
+        pool, _ = ref.dvts_pool(recorded + [{}], g, M, stopped=lambda text: False)
+        assert list(_pool_hashes(res, p)) == [recorded[i][sub][j]["text"]
+                                              for i, sub, j in pool]
+        np.testing.assert_allclose(res.scores[p], [recorded[i][sub][j]["score"]
+                                                   for i, sub, j in pool], rtol=1e-6)
+        assert res.chosen[p] == ref.dvts_choice(list(res.scores[p]))
+    assert (tr.parents // M == np.arange(N) // M).all()  # subtrees never mix
+    assert looked > 0  # the ranking (and returned) scores include the rollout
+
+
+def test_dvts_halts_a_subtree_once_its_chosen_text_opens_a_box(shipped):
+    """A vocabulary in which "=" reads "boxed" and every digit starts with "{": the first
+    step ("12+34=46") opens a box, so every subtree halts after its first expansion."""
+    tok = TASK.tokenizer
+    fake = [b"boxed" if b == b"=" else b"{" + b if b.isdigit() else b
+            for b in tok.vocab_bytes()]
+    spec = SearchTokens.build(vocab=fake, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                              eos_ids=[tok.eos_id], answer_prefix=tok.encode("A:"),
+                              answer="boxed", separator=b"\n",
+                              vocab_size=shipped.policy.cfg.vocab_size)
+    res = shipped.run(spec, method="dvts", rules="search_and_learn")
+    tr = res.trace
+    g = N // M
+    for p in range(res.tokens.shape[0]):
+        texts = [b"".join(fake[t] for t in res.tokens[p, r, :res.lengths[p, r]]).decode()
+                 for r in range(N)]
+        recorded = [{sub: [dict(text=texts[r], stopped=bool(tr.completed[0, p, r]),
+                                score=float(tr.select_score[0, p, r]))
+                           for r in range(sub * M, (sub + 1) * M)] for sub in range(g)}]
+        pool, expanded = ref.dvts_pool(recorded + [{}], g, M)  # raises if it would go on
+        assert expanded == [list(range(g))] and {i for i, _, _ in pool} == {0}
+        assert any(ref.dvts_stopped(x) for x in texts)
+    assert int(tr.iterations) == 1
+    assert int(shipped.run(method="dvts", rules="search_and_learn").trace.iterations) > 1
+
+
+def test_the_switch_leaves_the_first_step_and_the_sampling_methods_alone(shipped):
+    for method in ("beam", "dvts"):
+        a, b = shipped.run(method=method), shipped.run(method=method, rules="search_and_learn")
+        for f in ("active", "score", "hashes"):
+            np.testing.assert_array_equal(getattr(a.trace, f)[0], getattr(b.trace, f)[0])
+    a, b = shipped.run(method="best_of_n"), shipped.run(method="best_of_n",
+                                                        rules="search_and_learn")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)

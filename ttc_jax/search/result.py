@@ -35,7 +35,8 @@ class Trace:
 
 @flax.struct.dataclass
 class SearchResult:
-    """C candidates for each of P problems (C = N; N/M for DVTS).
+    """C candidates for each of P problems (C = N; N/M for DVTS, N for DVTS under
+    ``rules='search_and_learn'``).
 
     Attributes:
       chosen: [P] int32 index of the chosen candidate; answer: [P] its answer id

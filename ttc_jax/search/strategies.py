@@ -17,10 +17,17 @@ from ttc_jax.config import SearchConfig
 from ttc_jax.decode.sampling import SamplingStrategy, Temperature, TopP
 from ttc_jax.search.aggregate import aggregate
 from ttc_jax.search.result import SearchResult, Trace
-from ttc_jax.search.select import Pool, beam_parents, duplicates, dvts_parents
+from ttc_jax.search.select import (
+    Pool,
+    beam_parents,
+    beam_parents_in_row_order,
+    duplicates,
+    dvts_parents,
+    dvts_parents_halting,
+)
 from ttc_jax.search.state import SearchState
 from ttc_jax.search.step import fold_rows, step
-from ttc_jax.search.tokens import SearchTokens, answer_ids, row_hash
+from ttc_jax.search.tokens import _BOX_WORD, _LBRACE, SearchTokens, answer_ids, row_hash
 from ttc_jax.search.vote import best_index, vote
 
 
@@ -96,6 +103,53 @@ def _lookahead(policy, prm, s: SearchState, eligible, k: int, kernel: Kernel,
     return aggregate(la.step_scores, la.num_steps, aggregation), s.replace(compute=la.compute)
 
 
+# -- search-and-learn rules (docs/search_and_learn.md) ------------------------------------
+
+def _last_token(s: SearchState) -> jax.Array:
+    return jnp.take_along_axis(s.tokens, jnp.maximum(s.num_tokens - 1, 0)[:, None],
+                               axis=1)[:, 0]
+
+
+def _eos_only(spec: SearchTokens) -> SearchTokens:
+    """The spec the generation kernel gets under search-and-learn rules: an answer prefix
+    no token matches, so a row ends on eos only (never on a completed answer line)."""
+    return dataclasses.replace(spec, answer_prefix=(-1,))
+
+
+def _sal_rollout(policy, prm, s: SearchState, rows, k: int, kernel: Kernel,
+                 aggregation: str) -> tuple[jax.Array, SearchState]:
+    """search-and-learn's lookahead (``generate_k_steps``): ``rows`` roll ``k`` greedy steps
+    further, each row only while its previous step ended on a step end (eos and the token
+    cap end its rollout). With a PRM (DVTS) the rollout is scored and the [R] aggregated
+    score returned; with ``prm=None`` (beam search, which never scores its lookahead) only
+    the compute is. The rollout's tokens are thrown away."""
+    spec = _eos_only(kernel.spec)
+
+    def body(_, carry):
+        la, go = carry
+        la = step(policy, prm, la, None, go, strategy=None, spec=spec,
+                  cap=kernel.step_tokens, stop_at_delimiter=True, width=kernel.step_tokens)
+        return la, go & ~la.done & la.vocab.lookup(_last_token(la))
+
+    la, _ = jax.lax.fori_loop(0, k, body, (s, rows))
+    score = None if prm is None else aggregate(la.step_scores, la.num_steps, aggregation)
+    return score, s.replace(compute=la.compute)
+
+
+def box_opened(tokens: jax.Array, lengths: jax.Array, spec: SearchTokens,
+               vocab) -> jax.Array:
+    """[R] bool: the row's text holds ``boxed{`` (DVTS's stop rule), matched as the MATH
+    answer reader matches a box opening: a token ending in "boxed" followed by a token
+    starting with "{". Specs without box answers (digits) never match."""
+    if spec.answer != "boxed":
+        return jnp.zeros(tokens.shape[:1], bool)
+    ids = jnp.clip(tokens, 0, vocab.answer.shape[0] - 1)
+    word = vocab.answer[:, _BOX_WORD][ids] == 1  # [R, T]
+    brace = vocab.answer[:, _LBRACE][ids] == 1
+    inside = jnp.arange(tokens.shape[1])[None, 1:] < lengths[:, None]
+    return jnp.any(word[:, :-1] & brace[:, 1:] & inside, axis=1)
+
+
 def _empty_trace(steps: int, r: int) -> Trace:
     zf = jnp.zeros((steps, r), jnp.float32)
     zb = jnp.zeros((steps, r), bool)
@@ -131,6 +185,14 @@ class TreeSearch:
 
     ``lookahead`` > 0 ranks a candidate step by the aggregated score after rolling ``k``
     more steps out greedily (those tokens are then discarded).
+
+    ``rules='search_and_learn'`` follows huggingface/search-and-learn instead
+    (docs/search_and_learn.md): a row ends on eos only, and a step cut by the per-step cap
+    (the last iteration's too) finishes it. Beam search keeps the first N beams to finish,
+    in completion order, padded to N by repeating them; survivors fill the N rows in row
+    order; the lookahead rollout is generated but never scored. DVTS stops a subtree whose
+    chosen row finished or opened a ``boxed{``, and returns all N rows: the M siblings of
+    each subtree's last expansion, scored with their lookahead.
     """
 
     kind: str
@@ -140,12 +202,15 @@ class TreeSearch:
     aggregation: str = "last"
     lookahead: int = 0
     filter_duplicates: bool = False
+    rules: str = "ttc_jax"
 
     def run(self, policy, prm, s: SearchState, keys, kernel: Kernel) -> SearchResult:
         if prm is None:
             raise ValueError(f"{self.kind} search needs a PRM; pass prm=load_model('prm')")
         p, t, steps = s.compute.policy_tokens.shape[0], s.tokens.shape[1], s.step_scores.shape[1]
         n, m, c = self.n, self.beam_width, kernel.step_tokens
+        if self.rules == "search_and_learn":
+            return self._run_sal(policy, prm, s, keys, kernel)
         carry = (jnp.int32(0), s, Pool.empty(p, n, t, steps), _empty_trace(self.max_steps, p * n),
                  jnp.ones((p,), bool))
 
@@ -203,6 +268,79 @@ class TreeSearch:
                        first(s.num_steps), first(s.ended), jnp.ones((p, g), bool), agg,
                        chosen, kernel.spec, s.vocab, s.compute, tr)
 
+    def _run_sal(self, policy, prm, s: SearchState, keys, kernel: Kernel) -> SearchResult:
+        """``run`` under search-and-learn rules (see the class docstring)."""
+        p, t, steps = s.compute.policy_tokens.shape[0], s.tokens.shape[1], s.step_scores.shape[1]
+        n, m, c = self.n, self.beam_width, kernel.step_tokens
+        r = p * n
+        gen_spec = _eos_only(kernel.spec)
+        # halted: the row's DVTS subtree has stopped; final: each row's score at its last
+        # expansion (DVTS returns every row with it)
+        carry = (jnp.int32(0), s, Pool.empty(p, n, t, steps), _empty_trace(self.max_steps, r),
+                 jnp.ones((p,), bool), jnp.zeros((r,), bool), jnp.zeros((r,), jnp.float32))
+
+        def cond(carry):
+            i, _, _, _, live = carry[:5]
+            return (i < self.max_steps) & jnp.any(live)
+
+        def body(carry):
+            i, s, pool, tr, live, halted, final = carry
+            last = i == self.max_steps - 1
+            active = ~s.done & ~halted & jnp.repeat(live, n)
+            # every step (the last one too) at most c tokens; the last writes past step ends
+            s = step(policy, prm, s, fold_rows(keys, i), active, strategy=kernel.sampler,
+                     spec=gen_spec, cap=c, stop_at_delimiter=~last, width=c)
+            agg = aggregate(s.step_scores, s.num_steps, self.aggregation)  # [R]
+            cut = ~s.vocab.lookup(_last_token(s))  # the step did not end on a step end
+            completed = active & (s.done | last | cut)
+            eligible = active & ~completed
+            hashes = row_hash(s.tokens, s.num_tokens)
+            if self.kind == "beam":
+                if self.filter_duplicates:
+                    eligible = eligible & ~duplicates(_rows(hashes, p), _rows(s.num_tokens, p),
+                                                      _rows(eligible, p)).reshape(-1)
+                if self.lookahead:  # generated for every unfinished beam, never scored
+                    _, s = _sal_rollout(policy, None, s, active & ~completed, self.lookahead,
+                                        kernel, self.aggregation)
+                sel = jnp.where(eligible, agg, -jnp.inf)
+                pool = pool.append(s, _rows(completed, p), _rows(agg, p))
+                parents, n_surv = beam_parents_in_row_order(_rows(sel, p), _rows(eligible, p),
+                                                            n // m)
+                live = n_surv > 0
+                halts = jnp.zeros((p, n), bool)
+            else:
+                sel = agg
+                if self.lookahead:  # scored: the text plus its rollout
+                    sel, s = _sal_rollout(policy, prm, s, eligible, self.lookahead, kernel,
+                                          self.aggregation)
+                sel = jnp.where(active, jnp.where(completed, agg, sel), -jnp.inf)
+                stops = completed | box_opened(s.tokens, s.num_tokens, kernel.spec, s.vocab)
+                parents, halts = dvts_parents_halting(_rows(sel, p), _rows(active, p),
+                                                      _rows(stops, p), m)
+                final = jnp.where(active, sel, final)
+            rows = (jnp.arange(p, dtype=jnp.int32)[:, None] * n + parents).reshape(-1)
+            s = s.gather(rows)
+            final = final[rows]
+            if self.kind == "dvts":
+                halted = halted | halts.reshape(-1)
+                live = ~jnp.all(_rows(halted | s.done, p), axis=1)
+            tr = _record(tr, i, active=active, score=agg, select_score=sel,
+                         completed=completed, hashes=hashes, parents=parents)
+            return i + 1, s, pool, tr, live, halted, final
+
+        _, s, pool, tr, _, _, final = jax.lax.while_loop(cond, body, carry)
+        tr = _trace_rows(tr, p)
+        if self.kind == "beam":
+            pool = pool.repeat_to_full()
+            chosen = best_index(pool.score, pool.valid)
+            return _finish(p, pool.tokens, pool.num_tokens, pool.step_scores, pool.num_steps,
+                           pool.ended, pool.valid, pool.score, chosen, kernel.spec,
+                           s.vocab, s.compute, tr)
+        scores = _rows(final, p)
+        return _finish(p, _rows(s.tokens, p), _rows(s.num_tokens, p), _rows(s.step_scores, p),
+                       _rows(s.num_steps, p), _rows(s.ended, p), jnp.ones((p, n), bool),
+                       scores, best_index(scores), kernel.spec, s.vocab, s.compute, tr)
+
 
 def make_strategy(cfg: SearchConfig) -> Sampling | TreeSearch:
     """The strategy object of a SearchConfig (hashable: one compiled program per value)."""
@@ -211,7 +349,7 @@ def make_strategy(cfg: SearchConfig) -> Sampling | TreeSearch:
     kind = "dvts" if cfg.method == "dvts" else "beam"
     return TreeSearch(kind=kind, n=cfg.n, beam_width=cfg.beam_width, max_steps=cfg.max_steps,
                       aggregation=cfg.aggregation, lookahead=cfg.lookahead,
-                      filter_duplicates=cfg.filter_duplicates)
+                      filter_duplicates=cfg.filter_duplicates, rules=cfg.rules)
 
 
 def make_sampler(cfg: SearchConfig) -> SamplingStrategy:
