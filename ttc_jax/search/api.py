@@ -59,7 +59,8 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
         'majority').
       prompts: [P, W] int32 right-padded prompts (bos first); prompt_lens: [P] (>= 1).
       cfg: the search; spec: the task's token ids and tables
-        (``SearchTokens.from_task(task)``); its tables cover every id the policy can emit.
+        (``SearchTokens.from_task(task)``); ids past its tables (a model's padded
+        embedding) read as tokens without text.
       problem_ids: [P] ints naming the problems for the randomness (default 0..P-1): the
         same id, seed and layout give the same result whatever else is in the batch.
       capacity: KV-cache slots (default W + cfg.max_new_tokens).
@@ -90,10 +91,6 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
     if capacity < w + cfg.max_new_tokens:
         raise ValueError(f"capacity={capacity} < prompt width {w} + max_new_tokens="
                          f"{cfg.max_new_tokens}; raise capacity or lower max_new_tokens")
-    if spec.vocab_size < policy.cfg.vocab_size:
-        raise ValueError(f"spec covers {spec.vocab_size} ids but the policy emits "
-                         f"{policy.cfg.vocab_size}; build it with SearchTokens.from_task(task, "
-                         f"vocab_size={policy.cfg.vocab_size})")
     problem_ids = np.arange(p) if problem_ids is None else np.asarray(problem_ids)
     if problem_ids.shape != (p,):
         raise ValueError(f"problem_ids has shape {problem_ids.shape}; expected ({p},)")
