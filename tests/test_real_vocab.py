@@ -234,12 +234,12 @@ def _copy(src, dst):
 
 @pytest.mark.parametrize("file,content,match", [
     ("tokenizer.json", b'{"version": "1.0", "added_tokens": [', "tokenizer.json: not a valid"),
-    ("tokenizer_config.json", b'{"eos_token": "<|im_end|>",', "tokenizer_config.json: not "
-                                                              "valid JSON"),
+    ("tokenizer_config.json", b'{"eos_token": "<|im_end|>",',
+     "tokenizer_config.json line 1 column .*: not valid JSON"),
     ("generation_config.json", b'{"eos_token_id": [151645, \xff]}',
-     "generation_config.json: byte 0xff .* not UTF-8"),
-    ("config.json", b"[1, 2]", "config.json: expected a JSON object"),
-    ("config.json", b"", "config.json: not valid JSON"),
+     "generation_config.json line 1: byte 0xff .* not UTF-8"),
+    ("config.json", b"[1, 2]", "config.json holds a JSON list, not an object"),
+    ("config.json", b"", "config.json line 1 column 1: not valid JSON"),
 ])
 def test_bad_files_name_themselves(real_vocab, tmp_path, file, content, match):
     folder = _copy(real_vocab["qwen2.5-instruct"], tmp_path / "q")

@@ -29,18 +29,9 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ttc_jax.interop.files import read_text
+
 TEMPLATE_FILE = "chat_template.jinja"
-
-
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e}); re-save it as UTF-8 (or re-download "
-                         f"it from the model's repository)") from None
 
 
 def template_from_config(value, where: str | Path = "tokenizer_config.json") -> str | None:
@@ -68,13 +59,13 @@ def load_chat_template(folder: str | Path, tokenizer_config: Mapping | None = No
     folder = Path(folder)
     file = folder / TEMPLATE_FILE
     if file.exists():
-        return _read_text(file)
+        return read_text(file)
     cfg_path = folder / "tokenizer_config.json"
     if tokenizer_config is None:
         if not cfg_path.exists():
             return None
         try:
-            tokenizer_config = json.loads(_read_text(cfg_path))
+            tokenizer_config = json.loads(read_text(cfg_path))
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
     return template_from_config(tokenizer_config.get("chat_template"), cfg_path)

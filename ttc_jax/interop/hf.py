@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from ttc_jax.config import ModelConfig, RopeScaling
+from ttc_jax.interop.files import read_json
 from ttc_jax.interop.safetensors import SafetensorsCheckpoint
 from ttc_jax.models.transformer import Transformer
 
@@ -82,26 +83,8 @@ def _rope(raw: dict, where: Path) -> tuple[float, RopeScaling | None]:
 
 
 def read_json_file(where: Path, what: str = "file") -> dict:
-    """The JSON object in ``where``; a ValueError naming the file (and the line) when it
-    is not UTF-8, not JSON or not an object. A UTF-8 byte-order mark is accepted."""
-    data = where.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ValueError(f"{where} line {line}: byte 0x{data[e.start]:02x} at offset {e.start} "
-                         f"is not UTF-8; the {what} is corrupt or in another encoding: "
-                         f"re-download it (or re-save it as UTF-8)") from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where} line {e.lineno} column {e.colno}: not valid JSON "
-                         f"({e.msg}); the {what} is corrupt or truncated: re-download it from "
-                         f"the model's repository") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where} holds a JSON {type(raw).__name__}, not an object; is it "
-                         f"the model's {what}? re-download it")
-    return raw
+    """The JSON object in ``where`` (``interop.files.read_json``: errors name the file)."""
+    return read_json(where, what)
 
 
 # config.json keys every Llama/Qwen2 config has (the shapes of the weights)

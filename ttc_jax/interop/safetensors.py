@@ -16,6 +16,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from ttc_jax.interop.files import read_json
+
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -75,9 +77,8 @@ class SafetensorsCheckpoint:
         if path.is_file():
             files = [path]
         elif (path / INDEX).exists():
-            from ttc_jax.interop.hf import read_json_file
 
-            weight_map = read_json_file(path / INDEX, INDEX).get("weight_map")
+            weight_map = read_json(path / INDEX, INDEX).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ValueError(f"{path / INDEX} has no 'weight_map' (tensor name -> shard "
                                  f"file); re-download it")

@@ -29,9 +29,10 @@ byte-level BPE merges the separator with what precedes it (Llama 3: ".\\n\\n" is
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from ttc_jax.interop.files import read_json, read_text
 
 CHAT_FORMATS = ("llama3", "qwen")
 # Tokens that are safe pads when the tokenizer names none (never produced by the model).
@@ -46,33 +47,8 @@ def _token_name(value) -> str | None:
     return value
 
 
-def _read_text(path: Path) -> str:
-    """A UTF-8 file's text (a byte-order mark is accepted); other bytes: a ValueError."""
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: byte 0x{raw[e.start]:02x} at offset {e.start} is not UTF-8; "
-                         f"the file is damaged or in another encoding: re-download it from "
-                         f"the model's repository (or re-save it as UTF-8)") from None
-
-
 def _read_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    text = _read_text(path)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); "
-                         f"the file is damaged or truncated: re-download it from the model's "
-                         f"repository") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a JSON object, got a {type(obj).__name__}; "
-                         f"re-download it from the model's repository")
-    return obj
+    return read_json(path, missing_ok=True)
 
 
 def _ids(value) -> list[int]:
@@ -169,7 +145,7 @@ class HFTokenizer:
                                     f"model folder that has one")
         folder = file.parent
         try:
-            tok = Tokenizer.from_str(_read_text(file))
+            tok = Tokenizer.from_str(read_text(file))
         except ValueError:
             raise
         except Exception as e:  # tokenizers raises its own Exception type
