@@ -34,7 +34,12 @@ EXTRAS = {
         "jinja2==3.1.6",
         # real Llama 3 / Qwen2 vocabularies, read from the GGUF vocab files (interop/real_vocab.py)
         "gguf==0.19.0",
+        # TPU compile-only topologies for the planning tool's tests (tests/test_plan.py)
+        "libtpu==0.0.42.*",
     ],
+    # AOT-compiles for TPU topologies (launch/plan.py) and runs on TPU VMs; the libtpu of
+    # jax 0.10.2 (what `jax[tpu]==0.10.2` pins)
+    "tpu": ["libtpu==0.0.42.*"],
     # Hugging Face interop; transformers + torch are only a test-time reference.
     "hf": [
         "tokenizers==0.23.3",
