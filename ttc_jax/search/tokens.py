@@ -222,15 +222,39 @@ def _scan(b: bytes) -> tuple[int, int, list[tuple[int, int]]]:
     return depth, low, heads
 
 
+def _hash_all(vocab: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """``_hash_bytes`` of every token at once: ([V] hash, [V] pow) as int32 bit patterns."""
+    lens = np.fromiter((len(b) for b in vocab), np.int64, len(vocab))
+    width = int(lens.max(initial=0))
+    mat = np.zeros((max(width, 1), len(vocab)), np.uint64)  # [byte position, token]
+    flat = np.frombuffer(b"".join(vocab), np.uint8).astype(np.uint64)
+    toks = np.repeat(np.arange(len(vocab)), lens)
+    pos = np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)
+    mat[pos, toks] = flat + 1
+    h = np.zeros(len(vocab), np.uint64)
+    p = np.ones(len(vocab), np.uint64)
+    mask, base = np.uint64(_MASK32), np.uint64(_BASE)
+    for j in range(width):
+        live = (lens > j).astype(np.uint64)  # past its end a token's hash stays
+        step = np.uint64(1) + live * (base - np.uint64(1))  # base, or 1
+        h = (h * step + mat[j]) & mask
+        p = (p * step) & mask
+    return h.astype(np.uint32).view(np.int32), p.astype(np.uint32).view(np.int32)
+
+
 def _boxed_columns(vocab: Sequence[bytes]) -> np.ndarray:
     out = np.zeros((len(vocab), _BOX_COLS), np.int64)
+    out[:, _FULL_H], out[:, _FULL_P] = _hash_all(vocab)
+    out[:, _HEAD_P:_HEAD_P + _DEPTHS] = 1
+    out[:, _T_FULL_P] = out[:, _T_HEAD_P] = 1
+    out[:, _BOX_WORD] = [b.endswith(b"boxed") for b in vocab]
     for i, b in enumerate(vocab):
+        if b"{" not in b and b"}" not in b:
+            continue  # no braces: the whole-token hash above is all it needs
         delta, low, heads = _scan(b)
-        h, p = _hash_bytes(b)
         row = out[i]
-        row[_BOX_WORD] = b.endswith(b"boxed")
         row[_LBRACE] = b.startswith(b"{")
-        row[_DELTA], row[_MINPREF], row[_FULL_H], row[_FULL_P] = delta, low, _i32(h), _i32(p)
+        row[_DELTA], row[_MINPREF] = delta, low
         for d in range(_DEPTHS):
             hh, hp = heads[d] if d < len(heads) else (0, 1)
             row[_HEAD_H + d], row[_HEAD_P + d] = _i32(hh), _i32(hp)
