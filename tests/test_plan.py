@@ -31,7 +31,8 @@ def test_tiny_plan_hbm_is_memory_analysis_of_the_same_program():
     assert row["fits"] and out["results"]["plan_fits_all"] == 1
     assert out["results"]["plan_max_hbm_gib_per_chip"] == round(want["total_bytes"] / p.GIB, 2)
     assert row["peak_host_bytes"] > 0 and row["compile_s"] > 0
-    assert set(out["units"]) >= {"decode@2", "prm_block@2", "prefill@2"}
+    assert set(out["units"]) == {"decode@2", "prm_block@2", "prefill_policy@2",
+                                 "prefill_prm@2"}
     assert row["estimate"]["problem_s"] > 0
     assert any(ln.startswith("RESULT plan_fits_all=1") for ln in lines)
     assert any(ln.startswith("RESULT plan_sweep_hours_estimate=") for ln in lines)

@@ -248,8 +248,9 @@ def synthetic_spec(vocab_size: int):
                               answer="boxed", vocab_size=vocab_size)
 
 
-def abstract_models(s: Setup):
-    """(policy, prm) as abstract nnx modules (ShapeDtypeStruct params), plus the PRM kind."""
+def abstract_models(s: Setup, layers: int | None = None):
+    """(policy, prm) as abstract nnx modules (ShapeDtypeStruct params); ``layers``: both
+    trunks cut to that many decoder blocks (the unit programs)."""
     from flax import nnx
 
     from ttc_jax.interop import prm as hf_prm
@@ -260,6 +261,9 @@ def abstract_models(s: Setup):
     kind = prm_kind_of(s.prm)
     if kind == "classifier" and not rcfg.tie_embeddings:
         rcfg = dataclasses.replace(rcfg, tie_embeddings=True)  # the trunk has no lm_head
+    if layers is not None:
+        pcfg = dataclasses.replace(pcfg, num_layers=layers)
+        rcfg = dataclasses.replace(rcfg, num_layers=layers)
     f = PRM_FORMATS[kind]
     ids = lambda k: tuple([5] * k)  # noqa: E731 - any id of the vocabulary
     fmt = hf_prm.PRMFormat(ids(f["prm_prefix"]), ids(f["prm_suffix"]), ids(f["read"]),
@@ -355,15 +359,18 @@ def _cost(compiled) -> dict:
             "optimal_seconds": float(c.get("optimal_seconds", -1.0))}
 
 
-UNITS = ("decode", "prm_block", "prefill")
+UNITS = ("decode", "prm_block", "prefill_policy", "prefill_prm")
+UNIT_LAYERS = (1, 2)  # units compile with this many blocks; cost is linear in the blocks
 
 
-def lower_unit(s: Setup, name: str, rows: int, topo=None):
+def lower_unit(s: Setup, name: str, rows: int, topo=None, layers: int | None = None):
     """One unit program at ``rows`` rows, lowered. ``decode``: one policy token per row
     with every row's cache filled to the typical length (prompt + half the budget);
     ``prm_block``: one PRM scoring call of ``step_tokens`` solution tokens per row (the
-    adapter's stream rewrite and its peek) at that length; ``prefill``: the policy's and
-    the PRM's prompt calls over ``batch_size`` prompts (``rows`` ignored). The caches hold
+    adapter's stream rewrite and its peek) at that length; ``prefill_policy`` /
+    ``prefill_prm``: the prompt call over ``batch_size`` prompts (``rows`` ignored).
+    ``layers``: the trunks cut to that many blocks (the planner compiles 1 and 2 and
+    extrapolates to the real depth: every block costs the same). The caches hold
     the bucket of ``models.transformer.bucket_sizes`` that covers the typical length, and
     cached attention is traced with that one bucket: the branch its ``lax.switch`` takes
     at that length (same cost, a tenth of the compile time)."""
@@ -381,10 +388,10 @@ def lower_unit(s: Setup, name: str, rows: int, topo=None):
             transformer.bucket_sizes = saved
 
     with one_bucket():
-        return _lower_unit(s, name, rows, topo)
+        return _lower_unit(s, name, rows, topo, layers)
 
 
-def _lower_unit(s: Setup, name: str, rows: int, topo=None):
+def _lower_unit(s: Setup, name: str, rows: int, topo=None, layers: int | None = None):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -401,7 +408,7 @@ def _lower_unit(s: Setup, name: str, rows: int, topo=None):
     check_mesh(s.mesh, len(topo.devices), s.topology)
     mesh = make_topology_mesh(topo, s.mesh)
     cfg = s.search_config()
-    policy, prm = abstract_models(s)
+    policy, prm = abstract_models(s, layers)
     typical = s.prompt_len + cfg.max_new_tokens // 2
     rep = NamedSharding(mesh, PartitionSpec())
 
@@ -448,21 +455,19 @@ def _lower_unit(s: Setup, name: str, rows: int, topo=None):
 
             return jax.jit(prm_block, donate_argnums=2).lower(
                 rparams, toks(rows, c), cache_abs(prm.cfg, rows, cap))
-        pdef, pparams = _params(policy, mesh)
-        rdef, rparams = _params(prm, mesh)
+        model = policy if name == "prefill_policy" else prm
+        mdef, mparams = _params(model, mesh)
 
-        def prefill(pp, rp, prompts, lens, pc, rc):
-            pol, pr = nnx.merge(pdef, pp), nnx.merge(rdef, rp)
-            hoist_layers(pol, pr)
-            logits, pc = pol.extend(prompts, pc, lens)
-            _, rc = pr.extend(prompts, rc, lens)
-            return logits[:, -1], pc, rc
+        def prefill(params, prompts, lens, cache):
+            m = nnx.merge(mdef, params)
+            hoist_layers(m)
+            out, cache = m.extend(prompts, cache, lens)
+            return out[:, -1], cache
 
         p = s.batch_size
-        return jax.jit(prefill, donate_argnums=(4, 5)).lower(
-            pparams, rparams, toks(p, s.prompt_len), jax.ShapeDtypeStruct((p,), np.int32,
-                                                                          sharding=rep),
-            cache_abs(policy.cfg, p, s.capacity), cache_abs(prm.cfg, p, s.capacity))
+        return jax.jit(prefill, donate_argnums=3).lower(
+            mparams, toks(p, s.prompt_len), jax.ShapeDtypeStruct((p,), np.int32, sharding=rep),
+            cache_abs(model.cfg, p, s.capacity))
 
 
 # -- subprocess jobs --------------------------------------------------------------------------
@@ -484,7 +489,8 @@ def child_main(argv: list[str]) -> None:
         compiled = lowered.compile()
         out.update(memory_figures(compiled))
     elif job == "unit":
-        compiled = lower_unit(setup, argv[2], int(argv[3])).compile()
+        compiled = lower_unit(setup, argv[2], int(argv[3]),
+                              layers=int(argv[4]) if len(argv) > 4 else None).compile()
         out.update(_cost(compiled), **memory_figures(compiled))
     else:
         raise ValueError(f"unknown job {job!r}")
@@ -647,7 +653,8 @@ def estimate(s: Setup, method: str, n: int, units: dict, r1: int, r2: int) -> di
     rows = k["rows"]
     dec = _interp(units, "decode", rows, r1, r2, chip)
     blk = _interp(units, "prm_block", rows, r1, r2, chip)
-    pre = unit_seconds(units[f"prefill@{r1}"], chip) if f"prefill@{r1}" in units else math.nan
+    pre = sum(unit_seconds(units[k], chip) if k in units else math.nan
+              for k in (f"prefill_policy@{s.batch_size}", f"prefill_prm@{s.batch_size}"))
     gather = k["gathers"] * 2 * cache_bytes_per_chip(s, rows) / chip["hbm_bw"]
     call = k["decode"] * dec + k["prm_blocks"] * blk + pre + gather
     return {**k, "decode_s": dec, "prm_block_s": blk, "prefill_s": pre, "gather_s": gather,
@@ -655,8 +662,92 @@ def estimate(s: Setup, method: str, n: int, units: dict, r1: int, r2: int) -> di
             "problem_s": call / s.batch_size}
 
 
+def floor_estimate(s: Setup, method: str, n: int) -> dict:
+    """An analytic lower bound per compiled call, for comparison with the unit programs'
+    figures (XLA's "bytes accessed" counts every fused operand whole, e.g. the whole KV
+    cache around each layer's in-place update, so the units overstate HBM traffic as rows
+    grow): each decode step reads the policy's weights once and every row's KV cache at
+    the typical length; each PRM block reads the PRM's weights twice (the block and its
+    peek) and its cache; FLOPs from ``ModelConfig.flops_per_token``; per chip, the rows
+    over ``data``, weights and kv heads over ``model`` and ``stage``; no overheads."""
+    import numpy as np
+
+    chip = chip_of(s.topology)
+    d, m, st = s.mesh
+    k = counts(s, method, n)
+    cfg = s.search_config(method, n)
+    rows, typical = k["rows"], s.prompt_len + cfg.max_new_tokens // 2
+    pc, rc = model_config(s.policy, dtype=s.dtype), model_config(s.prm, dtype=s.dtype)
+    if prm_kind_of(s.prm) == "classifier":
+        rc = dataclasses.replace(rc, tie_embeddings=True)
+    item = np.dtype(pc.jnp_dtype).itemsize
+    chips = d * m * st
+
+    def kv_row(c, length):  # one row's cache bytes per chip
+        return c.num_layers * c.num_kv_heads * length * c.head_dim * 2 * item / (
+            min(m, c.num_kv_heads) * st)
+
+    def t(flops, nbytes):
+        return max(flops / chip["flops"], nbytes / chip["hbm_bw"])
+
+    per_chip_rows = -(-rows // d)
+    dec = t(rows * pc.flops_per_token(typical) / chips,
+            pc.num_params() * item / (m * st) + per_chip_rows * kv_row(pc, typical))
+    c = cfg.max_step_tokens
+    blk = t(rows * (c + 8) * rc.flops_per_token(typical) / chips,
+            2 * rc.num_params() * item / (m * st) + 2 * per_chip_rows * kv_row(rc, typical))
+    pre = t(s.batch_size * s.prompt_len * (pc.flops_per_token(s.prompt_len // 2)
+                                           + rc.flops_per_token(s.prompt_len // 2)) / chips,
+            (pc.num_params() + rc.num_params()) * item / (m * st))
+    gather = k["gathers"] * 2 * cache_bytes_per_chip(s, rows) / chip["hbm_bw"]
+    call = k["decode"] * dec + k["prm_blocks"] * blk + pre + gather
+    return {"decode_s": dec, "prm_block_s": blk, "prefill_s": pre, "call_s": call,
+            "problem_s": call / s.batch_size}
+
+
 def _gib(b) -> str:
     return "-" if b is None else f"{b / GIB:.2f}"
+
+
+def run_units(s: Setup, r1: int, r2: int, *, timeout_s: float, mem_limit_bytes: int = 0,
+              log=print) -> dict:
+    """Compiles the unit programs at ``UNIT_LAYERS`` blocks (and rows r1, r2 for the
+    per-row ones) and returns {"<unit>@<rows>": cost at the models' real depth}: FLOPs and
+    bytes are linear in the blocks (identical, unrolled), so ``c(L) = c(1) + (L - 1) *
+    (c(2) - c(1))``."""
+    chip = chip_of(s.topology)
+    depth = {"decode": model_config(s.policy).num_layers,
+             "prefill_policy": model_config(s.policy).num_layers,
+             "prm_block": model_config(s.prm).num_layers,
+             "prefill_prm": model_config(s.prm).num_layers}
+    jobs = [("decode", r1), ("decode", r2), ("prm_block", r1), ("prm_block", r2),
+            ("prefill_policy", s.batch_size), ("prefill_prm", s.batch_size)]
+    units = {}
+    for name, rows in dict.fromkeys(jobs):
+        got = {}
+        big = depth[name]
+        for layers in UNIT_LAYERS if big > max(UNIT_LAYERS) else (big,):
+            u = run_job(["unit", s.to_json(), name, str(rows), str(layers)], timeout_s,
+                        mem_limit_bytes)
+            if u["status"] != "ok":
+                log(f"unit {name}@{rows} ({layers} blocks): {u['status']} after "
+                    f"{u['compile_s']:.0f} s: {u.get('detail', '')} (no estimate from it)")
+                break
+            got[layers] = u
+        if len(got) < (len(UNIT_LAYERS) if big > max(UNIT_LAYERS) else 1):
+            continue
+        (l1, a), (l2, b) = (sorted(got.items()) * 2)[:2]
+        u = {k: a[k] + (b[k] - a[k]) * (big - l1) / max(l2 - l1, 1) for k in ("flops", "bytes")}
+        u.update(compile_s=a["compile_s"] + b["compile_s"] * (l2 != l1),
+                 cpu_s=a["cpu_s"] + b["cpu_s"] * (l2 != l1),
+                 peak_host_bytes=max(a["peak_host_bytes"], b["peak_host_bytes"]))
+        units[f"{name}@{rows}"] = u
+        log(f"unit {name}@{rows}: at {big} blocks {u['flops'] / 1e12:.4f} TFLOP, "
+            f"{u['bytes'] / 1e9:.3f} GB accessed per chip -> {unit_seconds(u, chip) * 1e3:.3f} "
+            f"ms (from {l1} and {l2} blocks: {a['bytes'] / 1e9:.3f}, {b['bytes'] / 1e9:.3f} "
+            f"GB; compiles {u['compile_s']:.0f} s wall, {u['cpu_s']:.0f} s CPU, host "
+            f"{_gib(u['peak_host_bytes'])} GiB)")
+    return units
 
 
 def plan(s: Setup, methods, budgets, *, num_problems: int = 500, compile_timeout_s: float = 300,
@@ -680,52 +771,47 @@ def plan(s: Setup, methods, budgets, *, num_problems: int = 500, compile_timeout
         f"per call, max_new_tokens {s.search.get('max_new_tokens')}, step tokens "
         f"{s.search.get('max_step_tokens')}, policy cache {s.capacity}, PRM cache "
         f"{max(s.prm_cache_len, s.capacity)}")
-    units = {}
-    jobs = [("decode", r1), ("decode", r2), ("prm_block", r1), ("prm_block", r2),
-            ("prefill", r1)]
-    for name, rows_ in dict.fromkeys(jobs):
-        u = run_job(["unit", s.to_json(), name, str(rows_)],
-                    unit_timeout_s or compile_timeout_s, mem_limit_bytes)
-        key = f"{name}@{rows_}"
-        if u["status"] == "ok":
-            units[key] = u
-            log(f"unit {key}: {u['flops'] / 1e12:.4f} TFLOP, {u['bytes'] / 1e9:.3f} GB "
-                f"accessed per chip -> {unit_seconds(u, chip) * 1e3:.3f} ms (compile "
-                f"{u['compile_s']:.0f} s wall, {u['cpu_s']:.0f} s CPU, host "
-                f"{_gib(u['peak_host_bytes'])} GiB)")
-        else:
-            log(f"unit {key}: {u['status']} after {u['compile_s']:.0f} s: "
-                f"{u.get('detail', '')} (no estimate from it)")
     rows = []
-    head = (f"{'method':<19}{'N':>5}{'rows':>6}  {'status':<9}{'args':>7}{'out':>7}"
-            f"{'temp':>7}{'total':>7}  {'fits':<5}{'compile_s':>10}{'cpu_s':>7}{'host_GiB':>9}"
-            f"{'s/problem':>11}{'sweep_h':>9}")
-    log(head)
-    for method in methods:
+    for method in methods:  # the search programs first: the table's main figures
         for n in budgets:
             r = run_job(["search", s.to_json(), method, str(n)], compile_timeout_s,
                         mem_limit_bytes)
-            est = estimate(s, method, n, units, r1, r2)
-            r.update(method=method, n=n, estimate=est,
-                     sweep_hours=est["problem_s"] * num_problems / 3600)
+            r.update(method=method, n=n)
             r["fits"] = r["status"] == "ok" and r["total_bytes"] <= chip["hbm_gib"] * GIB
-            ok = r["status"] == "ok"
-            log(f"{method:<19}{n:>5}{est['rows']:>6}  {r['status']:<9}"
-                f"{_gib(r.get('argument_bytes')):>7}{_gib(r.get('output_bytes')):>7}"
-                f"{_gib(r.get('temp_bytes', r.get('needed_temp_bytes'))):>7}"
-                f"{_gib(r.get('total_bytes')):>7}  {('yes' if r['fits'] else 'no'):<5}"
-                f"{r['compile_s']:>10.1f}{r['cpu_s']:>7.0f}{r['peak_host_bytes'] / GIB:>9.2f}"
-                f"{est['problem_s']:>11.1f}{r['sweep_hours']:>9.2f}"
-                + ("" if ok else f"  {r.get('detail', '')}"))
+            log(f"compiled {method} N={n}: {r['status']} in {r['compile_s']:.0f} s "
+                f"({r['cpu_s']:.0f} s CPU, host {_gib(r['peak_host_bytes'])} GiB)"
+                + (f", {_gib(r['total_bytes'])} GiB per chip" if r["status"] == "ok" else
+                   f": {r.get('detail', '')}"))
             rows.append(r)
+    units = run_units(s, r1, r2, timeout_s=unit_timeout_s or compile_timeout_s,
+                      mem_limit_bytes=mem_limit_bytes, log=log)
+    head = (f"{'method':<19}{'N':>5}{'rows':>6}  {'status':<9}{'args':>7}{'out':>7}"
+            f"{'temp':>7}{'total':>7}  {'fits':<5}{'compile_s':>10}{'cpu_s':>7}{'host_GiB':>9}"
+            f"{'s/problem':>11}{'sweep_h':>9}{'floor_h':>9}")
+    log(head)
+    for r in rows:
+        method, n = r["method"], r["n"]
+        est = estimate(s, method, n, units, r1, r2)
+        floor = floor_estimate(s, method, n)
+        r.update(estimate=est, floor=floor, sweep_hours=est["problem_s"] * num_problems / 3600,
+                 floor_sweep_hours=floor["problem_s"] * num_problems / 3600)
+        ok = r["status"] == "ok"
+        log(f"{method:<19}{n:>5}{est['rows']:>6}  {r['status']:<9}"
+            f"{_gib(r.get('argument_bytes')):>7}{_gib(r.get('output_bytes')):>7}"
+            f"{_gib(r.get('temp_bytes', r.get('needed_temp_bytes'))):>7}"
+            f"{_gib(r.get('total_bytes')):>7}  {('yes' if r['fits'] else 'no'):<5}"
+            f"{r['compile_s']:>10.1f}{r['cpu_s']:>7.0f}{r['peak_host_bytes'] / GIB:>9.2f}"
+            f"{est['problem_s']:>11.1f}{r['sweep_hours']:>9.2f}{r['floor_sweep_hours']:>9.2f}"
+            + ("" if ok else f"  {r.get('detail', '')}"))
     log("columns: GiB per chip from memory_analysis() (args = weights + inputs; temp of an "
         "oom row = the temporaries the compiler asked for); fits = compiled and total <= "
         f"{chip['hbm_gib']} GiB; compile_s wall / cpu_s CPU seconds of the compile subprocess "
         f"(its start and model building included), host_GiB its peak RSS; s/problem and "
-        f"sweep_h ({num_problems} problems) from the unit "
-        f"programs' roofline (peak {chip['flops'] / 1e12:.0f} TFLOP/s, "
-        f"{chip['hbm_bw'] / 1e9:.0f} GB/s per chip), units at rows {r1} and {r2}, linear in "
-        f"rows; calls per program:")
+        f"sweep_h ({num_problems} problems) from the unit programs' roofline (peak "
+        f"{chip['flops'] / 1e12:.0f} TFLOP/s, {chip['hbm_bw'] / 1e9:.0f} GB/s per chip), "
+        f"units compiled at {UNIT_LAYERS} blocks and rows {r1} and {r2}, linear in both; "
+        f"floor_h: the analytic lower bound of floor_estimate (weights and KV at the "
+        f"typical length read once per call); calls per program:")
     for r in rows:
         log(f"  {r['method']} N={r['n']}: {r['estimate']['note']}, prefill 1; "
             f"decode {r['estimate']['decode_s'] * 1e3:.2f} ms, PRM block "
@@ -739,6 +825,7 @@ def plan(s: Setup, methods, budgets, *, num_problems: int = 500, compile_timeout
         "plan_max_compile_s": round(max([r["compile_s"] for r in rows] + [0.0]), 1),
         "plan_max_hbm_gib_per_chip": round(max(hbm + [0]) / GIB, 2),
         "plan_sweep_hours_estimate": round(sum(r["sweep_hours"] for r in rows), 2),
+        "plan_sweep_hours_floor": round(sum(r["floor_sweep_hours"] for r in rows), 2),
     }
     for k, v in results.items():
         log(f"RESULT {k}={v}")
