@@ -11,7 +11,9 @@ tokens, with scores read where the references read them, whatever the block widt
 """
 
 import json
+import re
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -166,6 +168,13 @@ def test_qwen_prm_stream_is_the_reference_text(qwen, case):
 def run_search_like(prm, pol, cases, width):
     """Drives prm.extend as search does (all rows at once): prompt, then blocks."""
     rows = [policy_ids(pol, q, s) for q, s in cases]
+    scores, _ = feed_rows(prm, rows, width)
+    return scores, rows
+
+
+def feed_rows(prm, rows, width):
+    """[(prompt ids, solution ids)] through prm.extend (prompt, then blocks of ``width``)
+    -> (probabilities [R, padded length], the PRM cache after the last block)."""
     pw = max(len(p) for p, _ in rows)
     ptoks = np.zeros((len(rows), pw), np.int32)
     for i, (p, _) in enumerate(rows):
@@ -187,7 +196,7 @@ def run_search_like(prm, pol, cases, width):
         num = np.clip(lens - k, 0, width).astype(np.int32)
         logits, cache = call(prm, stoks[:, k:k + width], cache, num)
         outs.append(np.asarray(logits))
-    return 1 / (1 + np.exp(-np.concatenate(outs, axis=1))), rows
+    return 1 / (1 + np.exp(-np.concatenate(outs, axis=1))), cache
 
 
 def tiny(cls, vocab, **kw):
@@ -204,14 +213,38 @@ def _check_scores(got, rows, pol, cases, ref_scores):
         assert len({round(float(x), 4) for x in want}) > 1
 
 
-def test_rlhflow_scores_match_transformers(llama, tmp_path):
+def _llama_prm(kw, tmp_path):
+    """(a tiny random-init transformers Llama with the real vocabulary, its adapter)."""
     from ttc_jax.interop.prm import load_token_prob_prm
 
-    pol, prm, kw, ref = llama
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(tiny(transformers.LlamaConfig, 128256)).eval()
     model.save_pretrained(tmp_path)
-    adapter = load_token_prob_prm(tmp_path, cache_len=1024, **kw)
+    return model, load_token_prob_prm(tmp_path, cache_len=1024, **kw)
+
+
+def _qwen_prm(kw, tmp_path):
+    """(a tiny random-init Qwen2 trunk, its two-class head, the adapter of both)."""
+    from safetensors.torch import save_file
+
+    from ttc_jax.interop.prm import load_classifier_prm
+
+    torch.manual_seed(1)
+    qcfg = tiny(transformers.Qwen2Config, 151936, tie_word_embeddings=True)
+    trunk = transformers.Qwen2Model(qcfg).eval()
+    head = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    tensors = {f"model.{k}": v.contiguous() for k, v in trunk.state_dict().items()}
+    tensors.update({f"score.{k}": v.contiguous() for k, v in head.state_dict().items()})
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    raw = qcfg.to_dict()
+    raw["architectures"] = ["Qwen2ForProcessRewardModel"]
+    (tmp_path / "config.json").write_text(json.dumps(raw, default=str))
+    return trunk, head, load_classifier_prm(tmp_path, cache_len=1024, **kw)
+
+
+def test_rlhflow_scores_match_transformers(llama, tmp_path):
+    pol, prm, kw, ref = llama
+    model, adapter = _llama_prm(kw, tmp_path)
     cases = CASES[:4]
     got, rows = run_search_like(adapter, pol, cases, width=5)
 
@@ -225,22 +258,8 @@ def test_rlhflow_scores_match_transformers(llama, tmp_path):
 
 
 def test_qwen_prm_scores_match_transformers(qwen, tmp_path):
-    from safetensors.torch import save_file
-
-    from ttc_jax.interop.prm import load_classifier_prm
-
     pol, prm, kw, ref = qwen
-    torch.manual_seed(1)
-    qcfg = tiny(transformers.Qwen2Config, 151936, tie_word_embeddings=True)
-    trunk = transformers.Qwen2Model(qcfg).eval()
-    head = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    tensors = {f"model.{k}": v.contiguous() for k, v in trunk.state_dict().items()}
-    tensors.update({f"score.{k}": v.contiguous() for k, v in head.state_dict().items()})
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    raw = qcfg.to_dict()
-    raw["architectures"] = ["Qwen2ForProcessRewardModel"]
-    (tmp_path / "config.json").write_text(json.dumps(raw, default=str))
-    adapter = load_classifier_prm(tmp_path, cache_len=1024, **kw)
+    trunk, head, adapter = _qwen_prm(kw, tmp_path)
     cases = CASES[4:8]
     got, rows = run_search_like(adapter, pol, cases, width=8)
 
@@ -251,6 +270,74 @@ def test_qwen_prm_scores_match_transformers(qwen, tmp_path):
             return torch.softmax(head(h), -1)[:, 1].numpy()
 
     _check_scores(got, rows, pol, cases, ref_scores)
+
+
+# -- the empty trailing step (search-and-learn's "last" after a final "\n\n") -------------
+
+def _step_end_prefixes(cases):
+    """(question, solution prefix) for every run of separators in the solutions: each
+    prefix ends in "\n\n" (or "\n\n\n"), as an unfinished beam's text does. The policy's
+    tokens of such prefixes end in ".\n\n", ":\n\n", "$\n\n", ")\n\n", "\n\n\n"..."""
+    out = []
+    for q, sol in cases:
+        out += [(q, sol[:m.end()]) for m in re.finditer(r"\n\n+", sol)]
+    return out
+
+
+def _check_empty_step(adapter, pol, cases, reference, ref_prob, width):
+    rows = [(policy_ids(pol, q, x)[0], pol.encode(x)) for q, x in cases]  # no eos
+    assert all(hp.SEPARATOR in pol.vocab_bytes()[sol[-1]] for _, sol in rows)
+    merged = {pol.vocab_bytes()[sol[-1]] for _, sol in rows}
+    assert len(merged) >= 3 and merged - {b"\n\n"}  # merged step-end tokens too
+    _, cache = feed_rows(adapter, rows, width)
+    got = np.asarray(jax.nn.sigmoid(nnx.jit(lambda m, c: m.empty_step_logits(c))(
+        adapter, cache)))
+    want = []
+    for (q, x), (prompt, sol) in zip(cases, rows, strict=True):
+        ids, reads = reference(q, x)
+        # the reference's last piece is the empty (or whitespace-only) step
+        stream = hp.prm_token_stream(adapter, prompt, sol, width=width)
+        assert stream.ids + list(adapter.read) == ids[:reads[-1] + 1], x
+        assert sorted(stream.reads.values()) == reads[:-1]
+        want.append(ref_prob(ids, reads[-1]))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert len({round(float(w), 4) for w in want}) > 1
+
+
+def test_rlhflow_empty_trailing_step_matches_transformers(llama, tmp_path):
+    """The adapter's ``empty_step_logits`` after a text ending in a step end is the
+    reference's verdict on the empty user turn (+ vs - at index -3)."""
+    pol, prm, kw, ref = llama
+    model, adapter = _llama_prm(kw, tmp_path)
+    cases = _step_end_prefixes(CASES[:4])
+
+    def prob(ids, at):
+        with torch.no_grad():
+            lg = model(torch.tensor([ids])).logits[0, at][[kw["plus_id"], kw["minus_id"]]]
+        return float(torch.softmax(lg, -1)[0])
+
+    _check_empty_step(adapter, pol, cases, lambda q, x: rlhflow_reference(ref, q, x), prob,
+                      width=5)
+
+
+def test_qwen_prm_empty_trailing_step_matches_transformers(qwen, tmp_path):
+    """For Qwen2.5-Math-PRM the reference (search-and-learn's ``Qwen_2_5_Math.score``:
+    ``answer.replace("\n\n", "<extra_0>") + "<extra_0>"``) scores a text ending in
+    "\n\n" at two consecutive ``<extra_0>``; the second is the empty step's verdict."""
+    pol, prm, kw, ref = qwen
+    trunk, head, adapter = _qwen_prm(kw, tmp_path)
+    cases = _step_end_prefixes(CASES[4:8])
+    sep = prm.token_to_id("<extra_0>")
+    ids, reads = qwen_reference(ref, *cases[0])
+    assert ids[reads[-1] - 1] == sep  # "<extra_0><extra_0>"
+
+    def prob(ids, at):
+        with torch.no_grad():
+            h = trunk(torch.tensor([ids])).last_hidden_state[0, at]
+            return float(torch.softmax(head(h), -1)[1])
+
+    _check_empty_step(adapter, pol, cases, lambda q, x: qwen_reference(ref, q, x), prob,
+                      width=8)
 
 
 def test_incompatible_vocabularies_are_refused(real_vocab):

@@ -10,9 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests import sal_reference as ref
 from ttc_jax.config import SearchConfig
+from ttc_jax.models.cache import KVCache
+from ttc_jax.models.prm import ProcessRewardModel
 from ttc_jax.search import SearchTokens, encode_prompts, row_hash, search
 from ttc_jax.search.select import (
     Pool,
@@ -255,15 +258,15 @@ def shipped():
     prompts = encode_prompts(TASK, TASK.sample_problems("test", [3, 5], 1, seed=0))
     cache = {}
 
-    def run(spec_=None, **over):
-        key = (id(spec_), tuple(sorted(over.items())))
+    def run(spec_=None, prm_=None, **over):
+        key = (id(spec_), id(prm_), tuple(sorted(over.items())))
         if key not in cache:
             cfg = SearchConfig(**{**E2E, **over})
-            cache[key] = jax.tree.map(np.asarray, search(policy, prm, *prompts, cfg,
+            cache[key] = jax.tree.map(np.asarray, search(policy, prm_ or prm, *prompts, cfg,
                                                          spec_ or spec))
         return cache[key]
 
-    return types.SimpleNamespace(run=run, spec=spec, policy=policy, prompts=prompts)
+    return types.SimpleNamespace(run=run, spec=spec, policy=policy, prompts=prompts, prm=prm)
 
 
 def _pool_hashes(res, p):
@@ -375,3 +378,101 @@ def test_the_switch_leaves_the_first_step_and_the_sampling_methods_alone(shipped
                                                         rules="search_and_learn")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
+
+
+# -- the empty trailing step: search-and-learn's "last" after a final step end ------------
+
+class EmptyStepPRM(ProcessRewardModel):
+    """The shipped PRM with an ``empty_step_logits``, as the HF adapters have
+    (``interop.prm.ChatPRMAdapter``): here its score of one more step-end token after the
+    row's stream, on a copy of the cache."""
+
+    def empty_step_logits(self, cache):
+        b = cache.lengths.shape[0]
+        logits, _ = self.extend(jnp.full((b, 1), self.empty_id, jnp.int32), cache,
+                                jnp.ones((b,), jnp.int32))
+        return logits[:, 0]
+
+
+@pytest.fixture(scope="module")
+def empty_prm(shipped):
+    prm = EmptyStepPRM(shipped.prm.cfg, rngs=nnx.Rngs(0), **shipped.prm.init_kwargs)
+    nnx.update(prm, nnx.state(shipped.prm))
+    prm.empty_id = TASK.tokenizer.encode("\n")[-1]
+    assert shipped.spec.tables().lookup(jnp.asarray(prm.empty_id))
+    return prm
+
+
+def _empty_verdict(prm, prompts, lens, row):
+    """The PRM's empty-step verdict after prompt + ``row`` (eos included), fed afresh."""
+    cache = KVCache.init(prm.cfg, 1, int(lens) + len(row) + 4)
+    _, cache = prm.extend(jnp.asarray(prompts[None, :lens]), cache, jnp.asarray([lens]))
+    _, cache = prm.extend(jnp.asarray(row[None]), cache, jnp.asarray([len(row)]))
+    return float(jax.nn.sigmoid(prm.empty_step_logits(cache))[0])
+
+
+def _check_empty_scores(res, shipped, prm, how):
+    """Each returned score: over the row's steps plus, where its last real token ends a
+    step, the empty step's verdict (recomputed here); other rows (a step cut by the cap,
+    eos right after a non-step-end token) keep the old score. Returns (rows with an empty
+    step, rows without). (The shipped arithmetic policy writes "\\n" before its eos, so
+    its eos-ended rows end at a step end too, as the reference's text does.)"""
+    prompts, lens = shipped.prompts
+    ends = np.asarray(shipped.spec.tables().ends_step)
+    kinds = [0, 0]  # [with an empty step, without]
+    for p in range(res.tokens.shape[0]):
+        for r in range(res.tokens.shape[1]):
+            row = res.tokens[p, r, :res.lengths[p, r]]
+            real = row[:-1] if row[-1] in shipped.spec.eos_ids else row
+            steps = list(res.step_scores[p, r, :res.num_steps[p, r]])
+            if ends[real[-1]]:
+                steps.append(_empty_verdict(prm, prompts[p], lens[p], row))
+            kinds[0 if ends[real[-1]] else 1] += 1
+            np.testing.assert_allclose(res.scores[p, r], ref.aggregate(steps, how),
+                                       rtol=2e-5, atol=2e-6)
+    return kinds
+
+
+def test_dvts_last_is_the_empty_steps_verdict_after_a_step_end(shipped, empty_prm):
+    # six iterations: every returned row ends at a step end ("\\n", or "\\n" then eos)
+    full = shipped.run(prm_=empty_prm, method="dvts", rules="search_and_learn",
+                       aggregation="last")
+    assert _check_empty_scores(full, shipped, empty_prm, "last")[0] > 0
+    # two: the second (the last) writes past step ends, and the cap cuts every row
+    res = shipped.run(prm_=empty_prm, method="dvts", rules="search_and_learn",
+                      aggregation="last", max_steps=2)
+    assert _check_empty_scores(res, shipped, empty_prm, "last")[1] > 0
+    old = shipped.run(method="dvts", rules="search_and_learn", aggregation="last",
+                      max_steps=2)
+    for f in ("active", "hashes", "completed"):  # the first expansion is the same
+        np.testing.assert_array_equal(getattr(res.trace, f)[0], getattr(old.trace, f)[0])
+    done = old.trace.completed[0]
+    np.testing.assert_array_equal(res.trace.score[0][done], old.trace.score[0][done])
+    assert (res.trace.score[0][~done] != old.trace.score[0][~done]).all()
+
+
+def test_beam_ranks_and_pools_with_the_empty_step(shipped, empty_prm):
+    res = shipped.run(prm_=empty_prm, method="beam", rules="search_and_learn",
+                      filter_duplicates=True)
+    assert _check_empty_scores(res, shipped, empty_prm, E2E["aggregation"])[0] > 0
+    old = shipped.run(method="beam", rules="search_and_learn", filter_duplicates=True)
+    done = old.trace.completed[0]
+    np.testing.assert_array_equal(res.trace.hashes[0], old.trace.hashes[0])
+    np.testing.assert_array_equal(res.trace.score[0][done], old.trace.score[0][done])
+    # unfinished beams (all end at a step end) rank by min over their steps + the empty one
+    assert (res.trace.score[0][~done] <= old.trace.score[0][~done]).all()
+    assert (res.trace.score[0][~done] < old.trace.score[0][~done]).any()
+    elig = np.isfinite(res.trace.select_score[0])
+    np.testing.assert_array_equal(res.trace.select_score[0][elig], res.trace.score[0][elig])
+
+
+@pytest.mark.parametrize("method", ["beam", "dvts", "best_of_n"])
+def test_default_rules_never_read_the_empty_step(shipped, empty_prm, method):
+    a, b = shipped.run(method=method), shipped.run(prm_=empty_prm, method=method)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_best_of_n_scores_the_empty_step_under_search_and_learn(shipped, empty_prm):
+    res = shipped.run(prm_=empty_prm, method="best_of_n", rules="search_and_learn")
+    _check_empty_scores(res, shipped, empty_prm, E2E["aggregation"])

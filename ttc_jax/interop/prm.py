@@ -532,6 +532,23 @@ class ChatPRMAdapter(nnx.Module):
         scores = jnp.where(peek[:, None] & (pos == last[:, None]), peek_score[:, None], scores)
         return scores, cache.replace(carry=carry)
 
+    def empty_step_logits(self, cache: KVCache) -> jax.Array:
+        """[B] score logits of an EMPTY step appended to each row's committed stream:
+        ``read`` run after the cache's content on a throw-away copy (the cache is not
+        changed). After a step end the stream already holds ``read + after`` (+ the text
+        after the separator inside the step-end token), so this is the verdict the
+        references give the trailing empty piece of ``text.split("\\n\\n")`` when the text
+        ends in a step end: RLHFlow, the empty user turn answered by "+" (read at the
+        reference's index -3); Qwen2.5-Math-PRM (search-and-learn's
+        ``answer.replace("\\n\\n", "<extra_0>") + "<extra_0>"``), the second of two
+        consecutive ``<extra_0>``. Search calls it under ``rules="search_and_learn"``
+        (``search.step.score_new``) and uses it only for rows whose last real token
+        ends a step."""
+        b, a = cache.lengths.shape[0], len(self.read)
+        reads = jnp.broadcast_to(jnp.asarray(self.read, jnp.int32), (b, a))
+        h, _ = self.lm.extend_hidden(reads, self._widen(cache), jnp.full((b,), a, jnp.int32))
+        return self.score_from_hidden(h[:, a - 1])
+
     def extend(self, tokens: jax.Array, cache: KVCache,
                num_new: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """The PRM contract: score logits [B, C] of the new tokens, the updated cache."""

@@ -71,6 +71,11 @@ class SearchState:
         ``search(..., draft=...)``), holding the same tokens as ``cache``; else None.
       prompt_last: [R] each row's last prompt token (with a draft), else None.
       vocab: the tokenizer's per-token tables (step ends, answer reading); not per row.
+      empty_score: [R] the PRM's probability of an EMPTY step after the row's text, -1
+        where there is none (the row's last real token does not end a step); written by
+        ``score_new(..., empty_step=True)`` (search-and-learn rules with an HF PRM adapter:
+        the reference's ``text.split("\\n\\n")`` gives a text ending in a step end a
+        trailing empty step), else None.
     """
 
     cache: KVCache
@@ -89,6 +94,7 @@ class SearchState:
     draft_cache: KVCache | None = None
     prompt_last: jax.Array | None = None
     vocab: TokenTables | None = None
+    empty_score: jax.Array | None = None
 
     @property
     def rows(self) -> int:
@@ -107,7 +113,8 @@ class SearchState:
             compute=self.compute,
             draft_cache=None if self.draft_cache is None else self.draft_cache.gather(rows),
             prompt_last=None if self.prompt_last is None else take(self.prompt_last),
-            vocab=self.vocab)
+            vocab=self.vocab,
+            empty_score=None if self.empty_score is None else take(self.empty_score))
 
 
 def _prefill_flops(lens: jax.Array, base: float, slope: float) -> jax.Array:

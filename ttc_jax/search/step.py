@@ -10,7 +10,10 @@ With ``stop_at_delimiter=False`` and ``cap=T`` the same kernel writes whole solu
 ``score_new`` feeds the tokens a row gained since ``start`` to the PRM's own cache in
 blocks of ``width`` tokens (``prm.extend``) and records a score at every step end, the
 same positions the PRM was trained on (``train.data.step_end_positions``): each
-step-end token, and the last non-eos token of a line cut short.
+step-end token, and the last non-eos token of a line cut short. With ``empty_step=True``
+(search-and-learn rules, a PRM with ``empty_step_logits``) it also records the PRM's
+verdict on an empty step after a row whose last real token ends a step
+(``SearchState.empty_score``).
 """
 
 from __future__ import annotations
@@ -132,12 +135,18 @@ def generate(policy, s: SearchState, keys: jax.Array | None, active: jax.Array, 
 
 
 def score_new(prm, s: SearchState, start: jax.Array, *, spec: SearchTokens,
-              width: int) -> SearchState:
+              width: int, empty_step: bool = False) -> SearchState:
     """Scores tokens [start, num_tokens) of every row with the PRM's own cache.
 
     Blocks of ``width`` tokens go through ``prm.extend``; a row's step scores are written
     at every step-end token and at its last non-eos token (a line cut short: marked
     ``open_step`` so the next block's step end overwrites it).
+
+    ``empty_step`` (static): afterwards, every row that gained tokens gets
+    ``empty_score``: ``sigmoid(prm.empty_step_logits(cache))`` (the PRM's verdict on an
+    empty step appended to its committed stream, on a throw-away copy of the cache) when
+    its last non-eos token is a step end, else -1. Not counted in ``compute`` (like the
+    adapters' peek).
     """
     r, t = s.tokens.shape
     p = s.compute.prm_tokens.shape[0]
@@ -179,14 +188,23 @@ def score_new(prm, s: SearchState, start: jax.Array, *, spec: SearchTokens,
             num_steps=jnp.where(n_end > 0, base_idx + n_end, s.num_steps),
             open_step=jnp.where(n_end > 0, cut, s.open_step), compute=compute)
 
-    return jax.lax.fori_loop(0, n_chunks, body, s)
+    s = jax.lax.fori_loop(0, n_chunks, body, s)
+    if empty_step:
+        real_tok = jnp.take_along_axis(s.tokens, jnp.maximum(last_real, 0)[:, None],
+                                       axis=1)[:, 0]
+        has = (last_real >= 0) & s.vocab.lookup(real_tok)
+        prob = jax.nn.sigmoid(prm.empty_step_logits(s.prm_cache).astype(jnp.float32))
+        old = (jnp.full((r,), -1.0, jnp.float32) if s.empty_score is None
+               else s.empty_score)
+        s = s.replace(empty_score=jnp.where(end > start, jnp.where(has, prob, -1.0), old))
+    return s
 
 
 def step(policy, prm, s: SearchState, keys, active, *, strategy, spec: SearchTokens,
-         cap, stop_at_delimiter, width: int) -> SearchState:
+         cap, stop_at_delimiter, width: int, empty_step: bool = False) -> SearchState:
     """generate + score_new: one reasoning step (or the rest of the solution) per row."""
     s, start = generate(policy, s, keys, active, strategy=strategy, spec=spec, cap=cap,
                         stop_at_delimiter=stop_at_delimiter)
     if prm is not None:
-        s = score_new(prm, s, start, spec=spec, width=width)
+        s = score_new(prm, s, start, spec=spec, width=width, empty_step=empty_step)
     return s

@@ -58,22 +58,49 @@ def _finish(p: int, tokens, lengths, step_scores, num_steps, ended, valid, score
                         trace=trace)
 
 
+def _empty_step(rules: str, prm) -> bool:
+    """Whether a search scores search-and-learn's empty trailing step: under its rules,
+    with a PRM that can (the HF adapters' ``empty_step_logits``; native PRMs cannot)."""
+    return rules == "search_and_learn" and hasattr(prm, "empty_step_logits")
+
+
+def _with_empty_slot(s: SearchState, empty: bool) -> SearchState:
+    """Gives ``s`` its ``empty_score`` field (-1: none yet) before a loop carries it."""
+    if not empty or s.empty_score is not None:
+        return s
+    return s.replace(empty_score=jnp.full((s.rows,), -1.0, jnp.float32))
+
+
+def _aggregate(s: SearchState, how: str, empty: bool) -> jax.Array:
+    """[R] aggregated scores; with ``empty`` the empty trailing step counts as one more."""
+    return aggregate(s.step_scores, s.num_steps, how, s.empty_score if empty else None)
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """N whole solutions per problem, then one rule: 'majority' (vote over answers),
     'best_of_n' (highest aggregated PRM score) or 'weighted_best_of_n' (sum of aggregated
-    scores per distinct answer, argmax)."""
+    scores per distinct answer, argmax).
+
+    ``rules='search_and_learn'`` changes only the scores, with a PRM that has
+    ``empty_step_logits``: a solution whose last real token ends a step (cut by the cap
+    right after a step end, or a step end then eos) gets the empty trailing step's verdict
+    as one more step (docs/search_and_learn.md)."""
 
     n: int
     rule: str
     aggregation: str = "last"
+    rules: str = "ttc_jax"
 
     def run(self, policy, prm, s: SearchState, keys, kernel: Kernel) -> SearchResult:
         p, t = s.compute.policy_tokens.shape[0], s.tokens.shape[1]
+        empty = _empty_step(self.rules, prm)
+        s = _with_empty_slot(s, empty)
         active = jnp.ones((s.rows,), bool)
         s = step(policy, prm, s, fold_rows(keys, 0), active, strategy=kernel.sampler,
-                 spec=kernel.spec, cap=t, stop_at_delimiter=False, width=kernel.step_tokens)
-        agg = _rows(aggregate(s.step_scores, s.num_steps, self.aggregation), p)
+                 spec=kernel.spec, cap=t, stop_at_delimiter=False, width=kernel.step_tokens,
+                 empty_step=empty)
+        agg = _rows(_aggregate(s, self.aggregation, empty), p)
         tokens, lengths = _rows(s.tokens, p), _rows(s.num_tokens, p)
         answers = answer_ids(s.tokens, s.num_tokens, kernel.spec, s.vocab).reshape(p, -1)
         if self.rule == "majority":
@@ -117,22 +144,24 @@ def _eos_only(spec: SearchTokens) -> SearchTokens:
 
 
 def _sal_rollout(policy, prm, s: SearchState, rows, k: int, kernel: Kernel,
-                 aggregation: str) -> tuple[jax.Array, SearchState]:
+                 aggregation: str, empty: bool = False) -> tuple[jax.Array, SearchState]:
     """search-and-learn's lookahead (``generate_k_steps``): ``rows`` roll ``k`` greedy steps
     further, each row only while its previous step ended on a step end (eos and the token
     cap end its rollout). With a PRM (DVTS) the rollout is scored and the [R] aggregated
-    score returned; with ``prm=None`` (beam search, which never scores its lookahead) only
-    the compute is. The rollout's tokens are thrown away."""
+    score returned (with ``empty``, the empty step after the rollout's text counts); with
+    ``prm=None`` (beam search, which never scores its lookahead) only the compute is. The
+    rollout's tokens are thrown away."""
     spec = _eos_only(kernel.spec)
 
     def body(_, carry):
         la, go = carry
         la = step(policy, prm, la, None, go, strategy=None, spec=spec,
-                  cap=kernel.step_tokens, stop_at_delimiter=True, width=kernel.step_tokens)
+                  cap=kernel.step_tokens, stop_at_delimiter=True, width=kernel.step_tokens,
+                  empty_step=empty and prm is not None)
         return la, go & ~la.done & la.vocab.lookup(_last_token(la))
 
     la, _ = jax.lax.fori_loop(0, k, body, (s, rows))
-    score = None if prm is None else aggregate(la.step_scores, la.num_steps, aggregation)
+    score = None if prm is None else _aggregate(la, aggregation, empty)
     return score, s.replace(compute=la.compute)
 
 
@@ -192,7 +221,11 @@ class TreeSearch:
     in completion order, padded to N by repeating them; survivors fill the N rows in row
     order; the lookahead rollout is generated but never scored. DVTS stops a subtree whose
     chosen row finished or opened a ``boxed{``, and returns all N rows: the M siblings of
-    each subtree's last expansion, scored with their lookahead.
+    each subtree's last expansion, scored with their lookahead. With an HF PRM adapter
+    (``empty_step_logits``) a row whose last real token ends a step is scored as the
+    reference scores ``text.split("\\n\\n")``: its empty trailing step counts as one more
+    step (its verdict is ``last``), in the beam ranking, the pool, DVTS's choice and its
+    returned scores.
     """
 
     kind: str
@@ -274,6 +307,8 @@ class TreeSearch:
         n, m, c = self.n, self.beam_width, kernel.step_tokens
         r = p * n
         gen_spec = _eos_only(kernel.spec)
+        empty = _empty_step(self.rules, prm)
+        s = _with_empty_slot(s, empty)
         # halted: the row's DVTS subtree has stopped; final: each row's score at its last
         # expansion (DVTS returns every row with it)
         carry = (jnp.int32(0), s, Pool.empty(p, n, t, steps), _empty_trace(self.max_steps, r),
@@ -289,8 +324,8 @@ class TreeSearch:
             active = ~s.done & ~halted & jnp.repeat(live, n)
             # every step (the last one too) at most c tokens; the last writes past step ends
             s = step(policy, prm, s, fold_rows(keys, i), active, strategy=kernel.sampler,
-                     spec=gen_spec, cap=c, stop_at_delimiter=~last, width=c)
-            agg = aggregate(s.step_scores, s.num_steps, self.aggregation)  # [R]
+                     spec=gen_spec, cap=c, stop_at_delimiter=~last, width=c, empty_step=empty)
+            agg = _aggregate(s, self.aggregation, empty)  # [R]
             cut = ~s.vocab.lookup(_last_token(s))  # the step did not end on a step end
             completed = active & (s.done | last | cut)
             eligible = active & ~completed
@@ -312,7 +347,7 @@ class TreeSearch:
                 sel = agg
                 if self.lookahead:  # scored: the text plus its rollout
                     sel, s = _sal_rollout(policy, prm, s, eligible, self.lookahead, kernel,
-                                          self.aggregation)
+                                          self.aggregation, empty)
                 sel = jnp.where(active, jnp.where(completed, agg, sel), -jnp.inf)
                 stops = completed | box_opened(s.tokens, s.num_tokens, kernel.spec, s.vocab)
                 parents, halts = dvts_parents_halting(_rows(sel, p), _rows(active, p),
@@ -345,7 +380,8 @@ class TreeSearch:
 def make_strategy(cfg: SearchConfig) -> Sampling | TreeSearch:
     """The strategy object of a SearchConfig (hashable: one compiled program per value)."""
     if cfg.method in ("majority", "best_of_n", "weighted_best_of_n"):
-        return Sampling(n=cfg.n, rule=cfg.method, aggregation=cfg.aggregation)
+        return Sampling(n=cfg.n, rule=cfg.method, aggregation=cfg.aggregation,
+                        rules=cfg.rules)
     kind = "dvts" if cfg.method == "dvts" else "beam"
     return TreeSearch(kind=kind, n=cfg.n, beam_width=cfg.beam_width, max_steps=cfg.max_steps,
                       aggregation=cfg.aggregation, lookahead=cfg.lookahead,
