@@ -200,9 +200,10 @@ def _trace_rows(tr: Trace, p: int) -> Trace:
 class TreeSearch:
     """PRM-guided step-level search.
 
-    kind='beam' (search-and-learn semantics): each iteration every active beam generates
-    one step and the PRM scores it; beams that ended go to the completed pool (best N
-    kept); the top N/M remaining beams survive and each is expanded into M children.
+    kind='beam' (ttc_jax's rules; ``rules`` below gives the reference's): each iteration
+    every active beam generates one step and the PRM scores it; beams that ended go to the
+    completed pool (best N kept); the top N/M remaining beams survive and each is expanded
+    into M children.
     Stops when no beam is active or after ``max_steps`` iterations, the last of which
     writes every active beam to its end. The chosen candidate is the completed beam with
     the highest aggregated score.
