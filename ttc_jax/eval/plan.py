@@ -655,6 +655,11 @@ def estimate(s: Setup, method: str, n: int, units: dict, r1: int, r2: int) -> di
     blk = _interp(units, "prm_block", rows, r1, r2, chip)
     pre = sum(unit_seconds(units[k], chip) if k in units else math.nan
               for k in (f"prefill_policy@{s.batch_size}", f"prefill_prm@{s.batch_size}"))
+    # never below the analytic floor: "bytes accessed" extrapolated from 1-2 blocks is not
+    # always monotone in rows (docs/plan.md: the first run's decode went negative at N=64)
+    f = floor_estimate(s, method, n)
+    dec, blk, pre = (max(x, f[k_]) if not math.isnan(x) else x
+                     for x, k_ in ((dec, "decode_s"), (blk, "prm_block_s"), (pre, "prefill_s")))
     gather = k["gathers"] * 2 * cache_bytes_per_chip(s, rows) / chip["hbm_bw"]
     call = k["decode"] * dec + k["prm_blocks"] * blk + pre + gather
     return {**k, "decode_s": dec, "prm_block_s": blk, "prefill_s": pre, "gather_s": gather,
