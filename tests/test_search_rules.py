@@ -4,6 +4,7 @@ jit-compiled kernels apply it, against the plain-Python transcriptions in
 scores and flags), then one small end-to-end ``search()`` per method on the shipped models,
 showing the switch changes what it should and nothing else (docs/search_and_learn.md)."""
 
+import functools
 import types
 
 import jax
@@ -403,12 +404,28 @@ def empty_prm(shipped):
     return prm
 
 
+@functools.lru_cache(maxsize=4)
+def _verdict_fn(graphdef, width: int, t: int):
+    @jax.jit
+    def fn(params, prompt, plen, row, rlen):
+        prm = nnx.merge(graphdef, params)
+        cache = KVCache.init(prm.cfg, 1, width + t + 4)
+        _, cache = prm.extend(prompt[None], cache, plen[None])
+        _, cache = prm.extend(row[None], cache, rlen[None])
+        return jax.nn.sigmoid(prm.empty_step_logits(cache))[0]
+    return fn
+
+
 def _empty_verdict(prm, prompts, lens, row):
-    """The PRM's empty-step verdict after prompt + ``row`` (eos included), fed afresh."""
-    cache = KVCache.init(prm.cfg, 1, int(lens) + len(row) + 4)
-    _, cache = prm.extend(jnp.asarray(prompts[None, :lens]), cache, jnp.asarray([lens]))
-    _, cache = prm.extend(jnp.asarray(row[None]), cache, jnp.asarray([len(row)]))
-    return float(jax.nn.sigmoid(prm.empty_step_logits(cache))[0])
+    """The PRM's empty-step verdict after prompt + ``row`` (eos included), fed afresh
+    (one compiled program for every row: both padded to fixed widths)."""
+    graphdef, params = nnx.split(prm)
+    t = E2E["max_new_tokens"]
+    padded = np.zeros((t,), np.int32)
+    padded[:len(row)] = row
+    fn = _verdict_fn(graphdef, prompts.shape[0], t)
+    return float(fn(params, jnp.asarray(prompts, jnp.int32), jnp.int32(lens),
+                    jnp.asarray(padded), jnp.int32(len(row))))
 
 
 def _check_empty_scores(res, shipped, prm, how):
