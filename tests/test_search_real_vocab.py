@@ -197,19 +197,23 @@ def test_tree_search_steps_end_at_real_step_boundaries(setup, method):
     assert merged & {int(t) for t in res.tokens.reshape(-1)}
 
 
+def _device_answers(tok, spec, texts) -> np.ndarray:
+    """answer_ids of each text's tokens (rows right-padded into one array)."""
+    seqs = [tok.encode(t) for t in texts]
+    arr = np.zeros((len(seqs), max(map(len, seqs))), np.int32)
+    for i, s in enumerate(seqs):
+        arr[i, :len(s)] = s
+    return np.asarray(answer_ids(jnp.asarray(arr), jnp.asarray([len(s) for s in seqs]),
+                                 spec, spec.tables()))
+
+
 def test_boxed_answer_ids_equal_the_host_twin_on_tricky_text(setup):
     tok, spec, *_ = setup
     texts = ["\\boxed{\\frac{14}{3}}$.", "so \\boxed{3} then \\boxed{\\{1,2\\}}$",
              "\\boxed{x^{2}}}", "\\boxed{\\left(1,\\frac{\\sqrt{3}}{2}\\right)}.",
              "no box here", "\\boxed{unclosed", "\\boxed{}", "\\boxed{√2 ünï}",
              "\\boxed{a}{b}", "$\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}$\n\n"]
-    seqs = [tok.encode(t) for t in texts]
-    width = max(map(len, seqs))
-    arr = np.zeros((len(seqs), width), np.int32)
-    for i, s in enumerate(seqs):
-        arr[i, :len(s)] = s
-    got = np.asarray(answer_ids(jnp.asarray(arr), jnp.asarray([len(s) for s in seqs]),
-                                spec, spec.tables()))
+    got = _device_answers(tok, spec, texts)
     want = [answer_id_of_text(last_boxed(t), "boxed") for t in texts]
     assert list(got) == want
     assert got[4] == got[5] == got[6] == NO_ANSWER and len(set(got[:4])) == 4
@@ -221,11 +225,5 @@ def test_multi_digit_tokens_give_whole_numbers(setup):
                                        separator="\n\n")
     texts = ["A:123456\n\n", "A:7", "x\n\nA:0012.\n\n", "A:12a\n\n", "A:\n\n",
              "A:99999999999", "A:1\n\nA:4242"]
-    seqs = [tok.encode(t) for t in texts]
-    width = max(map(len, seqs))
-    arr = np.zeros((len(seqs), width), np.int32)
-    for i, s in enumerate(seqs):
-        arr[i, :len(s)] = s
-    got = list(np.asarray(answer_ids(jnp.asarray(arr), jnp.asarray([len(s) for s in seqs]),
-                                     spec, spec.tables())))
+    got = list(_device_answers(tok, spec, texts))
     assert got == [123456, 7, 12, NO_ANSWER, NO_ANSWER, 99999999999 % 2**31, 4242]
