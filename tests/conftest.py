@@ -20,3 +20,19 @@ def real_vocab() -> dict[str, Path]:
     from ttc_jax.interop.real_vocab import build
 
     return build(REPO / ".cache" / "real_vocab")
+
+
+def save_classifier_prm(folder: Path, trunk, head, qcfg) -> Path:
+    """A Qwen2.5-Math-PRM-style HF folder (``model.*`` trunk + ``score.*`` head) from a
+    transformers Qwen2Model and a Linear-ReLU-Linear head."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.contiguous() for k, v in trunk.state_dict().items()}
+    tensors.update({f"score.{k}": v.contiguous() for k, v in head.state_dict().items()})
+    save_file(tensors, str(folder / "model.safetensors"))
+    raw = qcfg.to_dict()
+    raw["architectures"] = ["Qwen2ForProcessRewardModel"]
+    (folder / "config.json").write_text(json.dumps(raw, default=str))
+    return folder

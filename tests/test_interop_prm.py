@@ -5,13 +5,13 @@ test checks the stream rewriting (prompt swap, delimiter -> read+after, eos drop
 peek scores at block ends) and the score heads, independently of any tokenizer.
 """
 
-import json
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from tests.conftest import save_classifier_prm
 from ttc_jax.interop import load_hf_model
 from ttc_jax.interop.prm import TokenProbPRM, load_classifier_prm
 from ttc_jax.models.cache import KVCache
@@ -121,7 +121,6 @@ def test_token_prob_prm_matches_transformers(tmp_path):
 
 
 def test_classifier_prm_matches_transformers(tmp_path):
-    from safetensors.torch import save_file
 
     torch.manual_seed(4)
     qcfg = transformers.Qwen2Config(**small_cfg(tie_word_embeddings=True))
@@ -132,12 +131,7 @@ def test_classifier_prm_matches_transformers(tmp_path):
         for name, p in trunk.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0.0, 0.3)
-    tensors = {f"model.{k}": v.contiguous() for k, v in trunk.state_dict().items()}
-    tensors.update({f"score.{k}": v.contiguous() for k, v in head.state_dict().items()})
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    raw = qcfg.to_dict()
-    raw["architectures"] = ["Qwen2ForProcessRewardModel"]
-    (tmp_path / "config.json").write_text(json.dumps(raw, default=str))
+    save_classifier_prm(tmp_path, trunk, head, qcfg)
 
     def score(seq):
         with torch.no_grad():

@@ -10,7 +10,6 @@ token stream (``prm_token_stream``, the code its jitted ``extend`` runs) must eq
 tokens, with scores read where the references read them, whatever the block width.
 """
 
-import json
 import re
 
 import jax
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.conftest import save_classifier_prm
 from ttc_jax.interop import prm as hp
 from ttc_jax.interop.tokenizer import HFTokenizer
 from ttc_jax.models.cache import KVCache
@@ -225,7 +225,6 @@ def _llama_prm(kw, tmp_path):
 
 def _qwen_prm(kw, tmp_path):
     """(a tiny random-init Qwen2 trunk, its two-class head, the adapter of both)."""
-    from safetensors.torch import save_file
 
     from ttc_jax.interop.prm import load_classifier_prm
 
@@ -233,12 +232,7 @@ def _qwen_prm(kw, tmp_path):
     qcfg = tiny(transformers.Qwen2Config, 151936, tie_word_embeddings=True)
     trunk = transformers.Qwen2Model(qcfg).eval()
     head = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    tensors = {f"model.{k}": v.contiguous() for k, v in trunk.state_dict().items()}
-    tensors.update({f"score.{k}": v.contiguous() for k, v in head.state_dict().items()})
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    raw = qcfg.to_dict()
-    raw["architectures"] = ["Qwen2ForProcessRewardModel"]
-    (tmp_path / "config.json").write_text(json.dumps(raw, default=str))
+    save_classifier_prm(tmp_path, trunk, head, qcfg)
     return trunk, head, load_classifier_prm(tmp_path, cache_len=1024, **kw)
 
 
