@@ -266,6 +266,7 @@ SEARCH_AGGREGATIONS = ("last", "min", "prod", "mean")
 _TREE_METHODS = ("beam", "dvts", "lookahead")
 # Selection rules of the tree methods (docs/search_and_learn.md): ttc_jax's own, or the
 # exact rules of huggingface/search-and-learn's beam search and DVTS.
+KV_CACHES = ("contiguous", "paged")
 SEARCH_RULES = ("ttc_jax", "search_and_learn")
 
 
@@ -298,6 +299,11 @@ class SearchConfig:
         a subtree at ``boxed{``; a step cut by ``max_step_tokens`` (the last one too)
         finishes its row; rows end only on eos. Set max_step_tokens=2048 for the
         reference's step budget.
+      kv_cache: ``contiguous`` (default; each row owns a full-capacity buffer: fastest on
+        CPU) or ``paged`` (``models.paged``: fixed-size pages, a problem's prompt pages
+        shared by its N rows, selection moves page tables, not keys and values; layers
+        run under ``scan``; on TPU attention is JAX's ``ragged_paged_attention``).
+      kv_page_size: tokens per page of the paged cache.
     """
 
     method: str = "best_of_n"
@@ -313,8 +319,14 @@ class SearchConfig:
     filter_duplicates: bool = False
     seed: int = 0
     rules: str = "ttc_jax"
+    kv_cache: str = "contiguous"
+    kv_page_size: int = 16
 
     def __post_init__(self):
+        _check(self.kv_cache in KV_CACHES,
+               f"search.kv_cache={self.kv_cache!r} is unknown; choose one of {list(KV_CACHES)}")
+        _check(self.kv_page_size >= 1 and self.kv_page_size & (self.kv_page_size - 1) == 0,
+               f"search.kv_page_size={self.kv_page_size} must be a power of two (e.g. 16)")
         _check(self.rules in SEARCH_RULES,
                f"search.rules={self.rules!r} is unknown; choose one of {list(SEARCH_RULES)}")
         _check(self.method in SEARCH_METHODS,

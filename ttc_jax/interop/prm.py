@@ -494,6 +494,8 @@ class ChatPRMAdapter(nnx.Module):
         extra = self.cache_len - cache.capacity
         if extra <= 0:
             return cache
+        if hasattr(cache, "widen"):  # paged: more table entries, same pool
+            return cache.widen(self.cache_len)
         pad = ((0, 0), (0, 0), (0, 0), (0, extra), (0, 0))
         return cache.replace(k=jnp.pad(cache.k, pad), v=jnp.pad(cache.v, pad))
 

@@ -8,6 +8,8 @@ wrapped, and the caller checks capacity before decoding (see ``ttc_jax.decode``)
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -97,3 +99,39 @@ def update_layer(k_cache: jax.Array, v_cache: jax.Array, layer, k_new: jax.Array
     k_cache = k_cache.at[layer, rows, :, slots].set(k_new.astype(k_cache.dtype), mode="drop")
     v_cache = v_cache.at[layer, rows, :, slots].set(v_new.astype(v_cache.dtype), mode="drop")
     return k_cache, v_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheLayout:
+    """How a program lays out its KV caches: contiguous (``KVCache``, the CPU default) or
+    paged (``ttc_jax.models.paged.PagedKVCache``: prompts shared by their N rows, selection
+    moves page tables; the accelerator layout).
+
+    ``init`` makes the cache a prompt batch is prefilled into; ``repeat`` broadcasts it to
+    N rows per prompt, growing a paged pool by what each new row can write itself
+    (``own_slots`` positions, plus one copied page and one spare)."""
+
+    paged: bool = False
+    page_size: int = 16
+
+    def init(self, cfg: ModelConfig, batch: int, capacity: int, prompt_width: int):
+        if not self.paged:
+            return KVCache.init(cfg, batch, capacity)
+        from ttc_jax.models.paged import PagedKVCache
+        from ttc_jax.parallel.rules import mesh_size
+
+        data = mesh_size("data")
+        groups = data if data > 1 and batch % data == 0 else 1
+        per_row = -(-prompt_width // self.page_size)
+        return PagedKVCache.init(cfg, batch, capacity, page_size=self.page_size,
+                                 pool_pages=(batch // groups) * per_row, groups=groups)
+
+    def repeat(self, cache, n: int, own_slots: int):
+        if not self.paged:
+            return cache.repeat(n)
+        rows = cache.batch // cache.groups * n
+        own = -(-own_slots // cache.page_size) + 2
+        return cache.repeat(n, pool_pages=cache.pool_pages + rows * own)
+
+
+CONTIGUOUS = CacheLayout()

@@ -24,6 +24,7 @@ from flax import nnx
 
 from ttc_jax.config import ModelConfig
 from ttc_jax.models.cache import KVCache, update_layer, write_positions
+from ttc_jax.models.paged import PagedKVCache, PagedLayers, attend_paged, write_layer
 from ttc_jax.parallel.pipeline import pipeline, pipeline_active
 from ttc_jax.parallel.rules import logical_constraint
 
@@ -251,7 +252,10 @@ class Block(nnx.Module):
         layer's slots below ``bound`` (``attend_cached``). Returns (x, kv).
         """
         q, k, v = self.attn.project_qkv(self.attn_norm(x), rope)
-        if kv is not None:
+        if isinstance(kv, PagedLayers):
+            kv = write_layer(kv, layer, k, v, slots)
+            y = attend_paged(q, kv, layer, mask, bound)
+        elif kv is not None:
             kv = update_layer(kv[0], kv[1], layer, k, v, slots)
             y = attend_cached(q, kv[0], kv[1], layer, mask, bound)
         else:
@@ -271,13 +275,11 @@ def _cache_bound(mask: jax.Array) -> jax.Array:
 def _run_blocks(graphdef, blocks, x, rope, mask, kv, slots):
     """Runs per-layer block states in a Python loop (unrolled), writing the stacked
     cache ``kv`` in place at each layer. -> (x, kv)."""
-    k_all, v_all = kv
     bound = _cache_bound(mask)
     for i, state in enumerate(blocks):
-        x, (k_all, v_all) = nnx.merge(graphdef, state)(
-            x, rope, mask, (k_all, v_all), slots, layer=i, bound=bound)
+        x, kv = nnx.merge(graphdef, state)(x, rope, mask, kv, slots, layer=i, bound=bound)
         x = logical_constraint(x, ("batch", None, None))
-    return x, (k_all, v_all)
+    return x, kv
 
 
 class Transformer(nnx.Module):
@@ -314,10 +316,13 @@ class Transformer(nnx.Module):
         return jnp.einsum("BTD,DV->BTV", h, self.lm_head[...].astype(h.dtype)).astype(
             jnp.float32)
 
-    def _run_layers(self, x, positions, mask, cache: KVCache | None, slots=None,
-                    return_layers: bool = False):
-        """-> (x, kv); without a cache and with ``return_layers``, (x, every block's
-        output [L, B, T, D]) instead (one stage only)."""
+    def _run_layers(self, x, positions, mask, kv, slots=None, return_layers: bool = False):
+        """kv: None, the contiguous cache's (k, v), or a ``PagedLayers``.
+
+        -> (x, kv); without a cache and with ``return_layers``, (x, every block's
+        output [L, B, T, D]) instead (one stage only). A paged cache always runs the
+        layers under ``scan`` (one copy of the layer in the program, whatever the depth:
+        the accelerator layout, where unrolling costs compile time)."""
         graphdef, layer_state = nnx.split(self.layers)
         rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_theta,
                            self.cfg.rope_scaling)
@@ -335,36 +340,39 @@ class Transformer(nnx.Module):
             # The cache (all L' layers) is carried through the layers and written in
             # place at (layer, row, slot); ys of a scan would rebuild the whole cache on
             # every call (a full copy per decoded token).
-            if x.shape[1] == 1:
+            paged = isinstance(kv, PagedLayers)
+            if x.shape[1] == 1 and not paged:
                 # One-token decode runs the layers unrolled: per-iteration loop overhead
                 # dominates such tiny steps (on CPU ~30% of a decode step for small configs).
                 blocks = [jax.tree.map(lambda a: a[i], layer_state)  # noqa: B023
                           for i in range(kv[0].shape[0])]
                 return _run_blocks(graphdef, blocks, x, rope, mask, kv, slots)
-            k_all, v_all = kv
             bound = _cache_bound(mask)
 
             def body_cached(carry, xs):
-                x, k_all, v_all = carry
+                x, kv = carry
                 state, i = xs
-                x, (k_all, v_all) = nnx.merge(graphdef, state)(x, rope, mask, (k_all, v_all),
-                                                               slots, layer=i, bound=bound)
-                return (logical_constraint(x, ("batch", None, None)), k_all, v_all), None
-            layers = jnp.arange(k_all.shape[0], dtype=jnp.int32)
-            (x, k_all, v_all), _ = jax.lax.scan(body_cached, (x, k_all, v_all),
-                                                (layer_state, layers))
-            return x, (k_all, v_all)
+                x, kv = nnx.merge(graphdef, state)(x, rope, mask, kv, slots, layer=i,
+                                                   bound=bound)
+                return (logical_constraint(x, ("batch", None, None)), kv), None
+            layers = jnp.arange(self.cfg.num_layers if paged else kv[0].shape[0],
+                                dtype=jnp.int32)
+            (x, kv), _ = jax.lax.scan(body_cached, (x, kv), (layer_state, layers))
+            return x, kv
 
         # Under ``jax.set_mesh(mesh)`` with mesh.stage > 1 the stack runs as a GPipe
         # pipeline over the ``stage`` axis (ttc_jax.parallel.pipeline); otherwise in order.
-        kv = None if cache is None else (cache.k, cache.v)
         if return_layers and (pipeline_active() or kv is not None):
             raise ValueError("return_layers runs the layers in order on one stage, without "
                              "a cache; use a mesh with stage=1")
         if pipeline_active():
+            if isinstance(kv, PagedLayers):
+                raise ValueError("the paged KV cache runs without pipeline stages; use a "
+                                 "mesh with stage=1 or the contiguous cache "
+                                 "(search.kv_cache='contiguous')")
             return pipeline(stack, layer_state, x, rope, mask, kv, slots)
         hoisted = self.__dict__.get("_hoisted_layers")
-        if hoisted is not None and kv is not None:
+        if hoisted is not None and kv is not None and not isinstance(kv, PagedLayers):
             return _run_blocks(*hoisted, x, rope, mask, kv, slots)
         return stack(layer_state, x, rope, mask, kv, slots)
 
@@ -408,7 +416,7 @@ class Transformer(nnx.Module):
         """tokens: [B, T] -> logits [B, T, V] (float32)."""
         return self.logits_from_hidden(self.hidden(tokens))
 
-    def extend_hidden(self, tokens: jax.Array, cache: KVCache,
+    def extend_hidden(self, tokens: jax.Array, cache: KVCache | PagedKVCache,
                       num_new: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
         """Appends tokens to the cache. tokens: [B, T]; num_new: [B] valid tokens per row
         (default T). Token t of row b sits at position ``cache.lengths[b] + t``.
@@ -427,8 +435,15 @@ class Transformer(nnx.Module):
         last = cache.lengths + jnp.maximum(num_new, 1) - 1
         reach = jnp.minimum(positions, last[:, None])
         mask = jnp.arange(cache.capacity)[None, None, :] <= reach[:, :, None]  # [B, T, S]
-        x, (k, v) = self._run_layers(self._embed(tokens), positions, mask, cache, slots)
-        new_cache = cache.replace(k=k, v=v, lengths=cache.lengths + num_new)
+        if isinstance(cache, PagedKVCache):
+            cache = cache.reserve(num_new)
+            kv = PagedLayers(cache.kv, cache.pages, cache.lengths, num_new)
+            x, kv = self._run_layers(self._embed(tokens), positions, mask, kv, slots)
+            new_cache = cache.replace(kv=kv.kv, lengths=cache.lengths + num_new)
+        else:
+            x, (k, v) = self._run_layers(self._embed(tokens), positions, mask,
+                                         (cache.k, cache.v), slots)
+            new_cache = cache.replace(k=k, v=v, lengths=cache.lengths + num_new)
         return self.final_norm(x), new_cache
 
     def extend(self, tokens: jax.Array, cache: KVCache,

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ttc_jax.config import SearchConfig
+from ttc_jax.models.cache import CONTIGUOUS, CacheLayout
 from ttc_jax.models.transformer import hoist_layers
 from ttc_jax.parallel.multihost import replicate, to_host
 from ttc_jax.parallel.rules import shard_tree
@@ -28,16 +29,17 @@ from ttc_jax.search.tokens import NO_ANSWER, SearchTokens, answer_id_of_text
 
 
 @functools.partial(jax.jit, static_argnames=("policy_def", "prm_def", "draft_def", "strategy",
-                                             "kernel", "capacity", "max_new_tokens", "gamma"))
+                                             "kernel", "capacity", "max_new_tokens", "gamma",
+                                             "layout"))
 def _search_jit(policy_def, policy_params, prm_def, prm_params, draft_def, draft_params,
                 prompts, prompt_lens, problem_keys, vocab, *, strategy, kernel, capacity,
-                max_new_tokens, gamma):
+                max_new_tokens, gamma, layout=CONTIGUOUS):
     policy = nnx.merge(policy_def, policy_params)
     prm = None if prm_def is None else nnx.merge(prm_def, prm_params)
     draft = None if draft_def is None else nnx.merge(draft_def, draft_params)
     hoist_layers(policy, prm, draft)  # per-layer params sliced once, outside the loops
     s = init_state(policy, prm, prompts, prompt_lens, n=strategy.n, capacity=capacity,
-                   max_new_tokens=max_new_tokens, draft=draft, vocab=vocab)
+                   max_new_tokens=max_new_tokens, draft=draft, vocab=vocab, layout=layout)
     if draft is not None:  # every step (and lookahead rollout) is generated speculatively
         policy = Drafted(policy, draft, gamma)
     return strategy.run(policy, prm, s, row_keys(problem_keys, strategy.n), kernel)
@@ -121,8 +123,29 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
                           strategy=make_strategy(cfg),
                           kernel=Kernel(make_sampler(cfg), spec, cfg.max_step_tokens),
                           capacity=capacity, max_new_tokens=cfg.max_new_tokens,
-                          gamma=gamma if draft is not None else 0)
-    return to_host(res) if mesh is not None and jax.process_count() > 1 else res
+                          gamma=gamma if draft is not None else 0, layout=layout_of(cfg))
+    res = to_host(res) if mesh is not None and jax.process_count() > 1 else res
+    check_overflow(res.compute)
+    return res
+
+
+def layout_of(cfg: SearchConfig) -> CacheLayout:
+    """The KV-cache layout ``cfg.kv_cache`` / ``cfg.kv_page_size`` name."""
+    return CacheLayout(paged=cfg.kv_cache == "paged", page_size=cfg.kv_page_size)
+
+
+def check_overflow(compute) -> None:
+    """Raises when a paged cache ran out of pages (writes were dropped: the result is not
+    what a big enough cache gives)."""
+    if compute.kv_overflow is None:
+        return
+    bad = np.flatnonzero(np.asarray(compute.kv_overflow))
+    if bad.size:
+        raise RuntimeError(
+            f"the paged KV cache ran out of pages for problem rows {bad.tolist()} (a row "
+            f"wrote past what its pool was sized for: a PRM stream longer than its "
+            f"cache_len?); raise the PRM's cache_len / search.max_new_tokens headroom, or "
+            f"use search.kv_cache='contiguous'")
 
 
 def encode_prompts(task, problems, multiple: int = 16, *, tokenizer=None,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ttc_jax.config import ModelConfig
-from ttc_jax.models.cache import KVCache
+from ttc_jax.models.cache import CONTIGUOUS, CacheLayout, KVCache
 from ttc_jax.search.tokens import TokenTables
 
 
@@ -44,11 +44,12 @@ class Compute:
     policy_flops: jax.Array
     prm_tokens: jax.Array
     prm_flops: jax.Array
+    kv_overflow: jax.Array | None = None
 
     @classmethod
-    def zeros(cls, p: int) -> Compute:
+    def zeros(cls, p: int, paged: bool = False) -> Compute:
         z = jnp.zeros((p,), jnp.float32)
-        return cls(z, z, z, z)
+        return cls(z, z, z, z, jnp.zeros((p,), bool) if paged else None)
 
 
 @flax.struct.dataclass
@@ -66,7 +67,8 @@ class SearchState:
         (the line goes on, and its score is overwritten when the line ends).
       done: [R] bool, the row generates no more (ended, or its buffer is full).
       ended: [R] bool, the row ended on eos or a completed answer line.
-      compute: per-problem counters.
+      compute: per-problem counters (with paged caches also ``kv_overflow``: a row of
+        the problem found its cache's page pool full, see ``note_overflow``).
       draft_cache: the draft model's KVCache over R rows (speculative step generation,
         ``search(..., draft=...)``), holding the same tokens as ``cache``; else None.
       prompt_last: [R] each row's last prompt token (with a draft), else None.
@@ -123,9 +125,24 @@ def _prefill_flops(lens: jax.Array, base: float, slope: float) -> jax.Array:
     return n * base + slope * n * (n + 1) / 2
 
 
+def note_overflow(s: SearchState) -> SearchState:
+    """Marks in ``compute.kv_overflow`` every problem one of whose rows found a paged
+    cache's page pool full (its write was dropped); a no-op for contiguous caches."""
+    if s.compute.kv_overflow is None:
+        return s
+    over = jnp.zeros((s.rows,), bool)
+    for c in (s.cache, s.prm_cache, s.draft_cache):
+        if c is not None and hasattr(c, "overflow"):
+            over = over | c.overflow
+    p = s.compute.kv_overflow.shape[0]
+    return s.replace(compute=s.compute.replace(
+        kv_overflow=s.compute.kv_overflow | jnp.any(over.reshape(p, -1), axis=1)))
+
+
 def init_state(policy, prm, prompts: jax.Array, prompt_lens: jax.Array, *, n: int,
                capacity: int, max_new_tokens: int, draft=None,
-               vocab: TokenTables | None = None) -> SearchState:
+               vocab: TokenTables | None = None,
+               layout: CacheLayout = CONTIGUOUS) -> SearchState:
     """Prefills the models once per problem and broadcasts to N rows each.
 
     Args:
@@ -134,26 +151,31 @@ def init_state(policy, prm, prompts: jax.Array, prompt_lens: jax.Array, *, n: in
       draft: an optional draft model for speculative step generation; its prefill
         counts as policy FLOPs.
       vocab: the tokenizer's tables (``SearchTokens.tables()``), carried unchanged.
+      layout: contiguous caches, or paged ones (each problem's prompt pages shared by
+        its N rows).
     """
-    p = prompts.shape[0]
+    p, w = prompts.shape
     r, t = p * n, max_new_tokens
-    cache = KVCache.init(policy.cfg, p, capacity)
+    cache = layout.init(policy.cfg, p, capacity, w)
     logits, cache = policy.extend(prompts, cache, prompt_lens)  # [P, W, V]
     last = jnp.take_along_axis(logits, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]
-    compute = Compute.zeros(p).replace(
+    compute = Compute.zeros(p, paged=layout.paged).replace(
         policy_flops=_prefill_flops(prompt_lens, *flops_line(policy.cfg)))
     prm_cache = None
     if prm is not None:
-        prm_cache = KVCache.init(prm.cfg, p, capacity)
+        prm_cap = max(capacity, getattr(prm, "cache_len", 0) or 0)
+        # an adapter's prompt stream is longer than the policy's (its chat template):
+        # the prefill pool holds whole rows
+        prm_cache = layout.init(prm.cfg, p, capacity, prm_cap)
         _, prm_cache = prm.extend(prompts, prm_cache, prompt_lens)
-        prm_cache = prm_cache.repeat(n)
+        prm_cache = layout.repeat(prm_cache, n, prm_cap - w)
         compute = compute.replace(
             prm_flops=_prefill_flops(prompt_lens, *flops_line(prm.cfg, lm_head=False)))
     draft_cache = prompt_last = None
     if draft is not None:
-        draft_cache = KVCache.init(draft.cfg, p, capacity)
+        draft_cache = layout.init(draft.cfg, p, capacity, w)
         _, draft_cache = draft.extend(prompts, draft_cache, prompt_lens)
-        draft_cache = draft_cache.repeat(n)
+        draft_cache = layout.repeat(draft_cache, n, capacity - w)
         last_tok = jnp.take_along_axis(prompts, (prompt_lens - 1)[:, None], axis=1)[:, 0]
         prompt_last = jnp.repeat(last_tok, n, axis=0)
         compute = compute.replace(policy_flops=compute.policy_flops
@@ -162,7 +184,8 @@ def init_state(policy, prm, prompts: jax.Array, prompt_lens: jax.Array, *, n: in
     false = jnp.zeros((r,), bool)
     return SearchState(
         draft_cache=draft_cache, prompt_last=prompt_last, vocab=vocab,
-        cache=cache.repeat(n), logits=jnp.repeat(last, n, axis=0), prm_cache=prm_cache,
+        cache=layout.repeat(cache, n, capacity - w), logits=jnp.repeat(last, n, axis=0),
+        prm_cache=prm_cache,
         tokens=jnp.zeros((r, t), jnp.int32), num_tokens=zeros_i, line_start=zeros_i,
         step_scores=jnp.zeros((r, t), jnp.float32), step_pos=jnp.zeros((r, t), jnp.int32),
         num_steps=zeros_i, open_step=false, done=false, ended=false, compute=compute)

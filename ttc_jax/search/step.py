@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from ttc_jax.decode.sampling import SamplingStrategy
-from ttc_jax.search.state import SearchState, flops_line, per_problem
+from ttc_jax.search.state import SearchState, flops_line, note_overflow, per_problem
 from ttc_jax.search.tokens import SearchTokens
 
 _NEG_INF = -1e30
@@ -87,7 +87,7 @@ def generate(policy, s: SearchState, keys: jax.Array | None, active: jax.Array, 
             policy.target, policy.draft, s, s.draft_cache, s.prompt_last, keys, active,
             strategy=strategy, spec=spec, cap=cap, stop_at_delimiter=stop_at_delimiter,
             gamma=policy.gamma)
-        return s.replace(draft_cache=draft_cache), start
+        return note_overflow(s.replace(draft_cache=draft_cache)), start
     r, width = s.tokens.shape
     p = s.compute.policy_tokens.shape[0]
     rows = jnp.arange(r)
@@ -131,7 +131,7 @@ def generate(policy, s: SearchState, keys: jax.Array | None, active: jax.Array, 
 
     running = active & ~s.done
     _, s, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), s, running))
-    return s, start
+    return note_overflow(s), start
 
 
 def score_new(prm, s: SearchState, start: jax.Array, *, spec: SearchTokens,
@@ -197,7 +197,7 @@ def score_new(prm, s: SearchState, start: jax.Array, *, spec: SearchTokens,
         old = (jnp.full((r,), -1.0, jnp.float32) if s.empty_score is None
                else s.empty_score)
         s = s.replace(empty_score=jnp.where(end > start, jnp.where(has, prob, -1.0), old))
-    return s
+    return note_overflow(s)
 
 
 def step(policy, prm, s: SearchState, keys, active, *, strategy, spec: SearchTokens,
