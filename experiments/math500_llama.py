@@ -49,7 +49,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.search = dict(method="best_of_n", n=4, beam_width=4, max_steps=40, max_step_tokens=64,
                     max_new_tokens=2048, aggregation="last", temperature=0.8, top_p=1.0,
                     lookahead=0, filter_duplicates=True, seed=0,
-                    rules="ttc_jax")  # search_and_learn: the study's exact rules
+                    rules="ttc_jax",  # search_and_learn: the study's exact rules
+                    kv_cache="contiguous",  # paged: shared prompt pages (TPU; see plan.md)
+                    kv_page_size=16)
     if variant == "local":  # a few problems, tiny budgets, short solutions
         c.dtype = "float32"
         c.num_problems = 4

@@ -304,6 +304,10 @@ class SearchConfig:
         shared by its N rows, selection moves page tables, not keys and values; layers
         run under ``scan``; on TPU attention is JAX's ``ragged_paged_attention``).
       kv_page_size: tokens per page of the paged cache.
+      prm_block_tokens: solution tokens per PRM scoring call (0: ``max_step_tokens``).
+        An HF PRM adapter rewrites a block of C tokens into a stream up to C * span ids
+        wide (its chat template around every possible step end), so at real shapes a
+        smaller block bounds the PRM's activations (scores do not depend on it).
     """
 
     method: str = "best_of_n"
@@ -321,12 +325,16 @@ class SearchConfig:
     rules: str = "ttc_jax"
     kv_cache: str = "contiguous"
     kv_page_size: int = 16
+    prm_block_tokens: int = 0
 
     def __post_init__(self):
         _check(self.kv_cache in KV_CACHES,
                f"search.kv_cache={self.kv_cache!r} is unknown; choose one of {list(KV_CACHES)}")
         _check(self.kv_page_size >= 1 and self.kv_page_size & (self.kv_page_size - 1) == 0,
                f"search.kv_page_size={self.kv_page_size} must be a power of two (e.g. 16)")
+        _check(self.prm_block_tokens >= 0,
+               f"search.prm_block_tokens={self.prm_block_tokens} must be >= 0 (0: "
+               f"max_step_tokens)")
         _check(self.rules in SEARCH_RULES,
                f"search.rules={self.rules!r} is unknown; choose one of {list(SEARCH_RULES)}")
         _check(self.method in SEARCH_METHODS,

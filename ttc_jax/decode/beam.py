@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ttc_jax.decode.sampler import _as_batch
-from ttc_jax.models.cache import KVCache
+from ttc_jax.models.cache import CONTIGUOUS, CacheLayout, KVCache
 
 _NEG_INF = -1e30
 
@@ -59,10 +59,10 @@ class _Beams:
 
 
 def _search(model, prompts, prompt_lens, *, k, max_new_tokens, capacity, eos_ids,
-            length_penalty):
-    b = prompts.shape[0]
+            length_penalty, layout=CONTIGUOUS):
+    b, w = prompts.shape
     t = max_new_tokens
-    cache = KVCache.init(model.cfg, b, capacity)
+    cache = layout.init(model.cfg, b, capacity, w)
     logits, cache = model.extend(prompts, cache, prompt_lens)  # [B, P, V]
     last = jnp.take_along_axis(logits, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]
     v = last.shape[-1]
@@ -71,7 +71,7 @@ def _search(model, prompts, prompt_lens, *, k, max_new_tokens, capacity, eos_ids
         live_tokens=jnp.zeros((b, k, t), jnp.int32),
         # all K beams start equal: only beam 0 may expand at the first step
         live_logp=jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, _NEG_INF)[None], (b, 1)),
-        cache=cache.repeat(k), logits=jnp.repeat(last, k, axis=0),
+        cache=layout.repeat(cache, k, capacity - w), logits=jnp.repeat(last, k, axis=0),
         fin_tokens=jnp.zeros((b, k, t), jnp.int32),
         fin_scores=jnp.full((b, k), _NEG_INF, jnp.float32),
         fin_len=jnp.zeros((b, k), jnp.int32))
@@ -119,20 +119,23 @@ def _search(model, prompts, prompt_lens, *, k, max_new_tokens, capacity, eos_ids
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "k", "max_new_tokens", "capacity",
-                                             "eos_ids", "length_penalty"))
+                                             "eos_ids", "length_penalty", "layout"))
 def _beam_jit(graphdef, params, prompts, prompt_lens, *, k, max_new_tokens, capacity,
-              eos_ids, length_penalty):
+              eos_ids, length_penalty, layout=CONTIGUOUS):
     return _search(nnx.merge(graphdef, params).hoist_layers(), prompts, prompt_lens, k=k,
                    max_new_tokens=max_new_tokens, capacity=capacity, eos_ids=eos_ids,
-                   length_penalty=length_penalty)
+                   length_penalty=length_penalty, layout=layout)
 
 
 def beam_search(model, prompts, *, num_beams: int, max_new_tokens: int,
                 eos_ids: Sequence[int] = (), length_penalty: float = 1.0,
-                capacity: int | None = None, pad_id: int = 0) -> BeamOutput:
+                capacity: int | None = None, pad_id: int = 0,
+                layout: CacheLayout = CONTIGUOUS) -> BeamOutput:
     """Beam search for each prompt (a list of id lists, or (tokens [B, P], lengths [B])).
 
     Runs exactly ``max_new_tokens`` steps (finished hypotheses wait in the pool).
+    ``layout=CacheLayout(paged=True)``: beams share their parent's pages (a reorder moves
+    page tables; each beam copies only the partial page it writes next).
     """
     if num_beams < 1:
         raise ValueError(f"num_beams={num_beams} must be >= 1")
@@ -150,4 +153,4 @@ def beam_search(model, prompts, *, num_beams: int, max_new_tokens: int,
     return _beam_jit(graphdef, params, jnp.asarray(tokens), jnp.asarray(lens), k=num_beams,
                      max_new_tokens=max_new_tokens, capacity=capacity,
                      eos_ids=tuple(int(e) for e in eos_ids),
-                     length_penalty=float(length_penalty))
+                     length_penalty=float(length_penalty), layout=layout)

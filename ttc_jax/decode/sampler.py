@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from ttc_jax.decode.sampling import SamplingStrategy
-from ttc_jax.models.cache import KVCache
+from ttc_jax.models.cache import CONTIGUOUS, CacheLayout, KVCache
 from ttc_jax.models.transformer import Transformer
 
 
@@ -77,7 +77,8 @@ class SampleOutput:
 
 
 def prefill(model: Transformer, prompts: jax.Array, prompt_lens: jax.Array, *, n: int,
-            capacity: int, max_new_tokens: int) -> DecodeState:
+            capacity: int, max_new_tokens: int,
+            layout: CacheLayout = CONTIGUOUS) -> DecodeState:
     """Runs the prompts once and broadcasts each cache to n rows.
 
     Args:
@@ -86,16 +87,17 @@ def prefill(model: Transformer, prompts: jax.Array, prompt_lens: jax.Array, *, n
       n: rows per prompt; row b*n + i is sample i of prompt b.
       capacity: KV-cache slots S (>= P + max_new_tokens).
       max_new_tokens: T, the size of the output buffers.
+      layout: contiguous caches, or paged (the n rows share their prompt's pages).
     Returns:
       A DecodeState with R = B*n rows, nothing generated yet.
     """
-    b = prompts.shape[0]
-    cache = KVCache.init(model.cfg, b, capacity)
+    b, w = prompts.shape
+    cache = layout.init(model.cfg, b, capacity, w)
     logits, cache = model.extend(prompts, cache, prompt_lens)  # [B, P, V]
     last = jnp.take_along_axis(logits, (prompt_lens - 1)[:, None, None], axis=1)[:, 0]
     r = b * n
     return DecodeState(
-        cache=cache.repeat(n),
+        cache=layout.repeat(cache, n, capacity - w),
         logits=jnp.repeat(last, n, axis=0),
         tokens=jnp.zeros((r, max_new_tokens), jnp.int32),
         logprobs=jnp.zeros((r, max_new_tokens), jnp.float32),
@@ -150,12 +152,12 @@ def decode(model: Transformer, state: DecodeState, rng: jax.Array, *,
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n", "capacity", "max_new_tokens",
-                                             "strategy", "stop_tokens"))
+                                             "strategy", "stop_tokens", "layout"))
 def _sample_jit(graphdef, params, prompts, prompt_lens, rng, *, n, capacity, max_new_tokens,
-                strategy, stop_tokens):
+                strategy, stop_tokens, layout=CONTIGUOUS):
     model = nnx.merge(graphdef, params).hoist_layers()
     state = prefill(model, prompts, prompt_lens, n=n, capacity=capacity,
-                    max_new_tokens=max_new_tokens)
+                    max_new_tokens=max_new_tokens, layout=layout)
     state = decode(model, state, rng, strategy=strategy, stop_tokens=stop_tokens)
     b = prompts.shape[0]
     last = jnp.take_along_axis(state.tokens, jnp.maximum(state.num_tokens - 1, 0)[:, None],
@@ -211,7 +213,7 @@ def check_request(prompts, *, n: int, max_new_tokens: int, strategy: SamplingStr
 
 def sample(model: Transformer, prompts, *, n: int, rng: jax.Array, max_new_tokens: int,
            strategy: SamplingStrategy, stop_tokens: Sequence[int], capacity: int | None = None,
-           pad_id: int = 0) -> SampleOutput:
+           pad_id: int = 0, layout: CacheLayout = CONTIGUOUS) -> SampleOutput:
     """Draws n samples for each prompt in one jit call.
 
     Args:
@@ -224,6 +226,7 @@ def sample(model: Transformer, prompts, *, n: int, rng: jax.Array, max_new_token
       strategy: a SamplingStrategy (e.g. ``Greedy()``, ``TopP(0.9)``).
       stop_tokens: ids that end a sample (EOS; add the step delimiter for one step).
       capacity: KV-cache slots (default: the model's max_seq_len).
+      layout: ``CacheLayout(paged=True)`` for the paged cache (``models.paged``).
     """
     tokens, lens, capacity = check_request(prompts, n=n, max_new_tokens=max_new_tokens,
                                            strategy=strategy, capacity=capacity,
@@ -231,4 +234,4 @@ def sample(model: Transformer, prompts, *, n: int, rng: jax.Array, max_new_token
     graphdef, params = nnx.split(model)
     return _sample_jit(graphdef, params, jnp.asarray(tokens), jnp.asarray(lens), rng, n=n,
                        capacity=capacity, max_new_tokens=max_new_tokens, strategy=strategy,
-                       stop_tokens=tuple(int(t) for t in stop_tokens))
+                       stop_tokens=tuple(int(t) for t in stop_tokens), layout=layout)

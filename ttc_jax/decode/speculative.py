@@ -41,7 +41,7 @@ from flax import nnx
 
 from ttc_jax.decode.sampler import check_request
 from ttc_jax.decode.sampling import SamplingStrategy
-from ttc_jax.models.cache import KVCache
+from ttc_jax.models.cache import CONTIGUOUS, CacheLayout, KVCache
 from ttc_jax.models.transformer import hoist_layers
 
 _NEG_INF = -1e30
@@ -252,16 +252,20 @@ def row_keys(rng: jax.Array, r: int) -> jax.Array:
 
 
 def spec_prefill(target, draft, prompts: jax.Array, prompt_lens: jax.Array, *, n: int,
-                 capacity: int, max_new_tokens: int) -> SpecState:
+                 capacity: int, max_new_tokens: int, gamma: int = 4,
+                 layout: CacheLayout = CONTIGUOUS) -> SpecState:
     """Both caches hold prompt[:-1]; the last prompt token is pending. Rows b*n + i."""
     b, w = prompts.shape
     last = jnp.take_along_axis(prompts, (prompt_lens - 1)[:, None], axis=1)[:, 0]
-    _, t_cache = target.extend(prompts, KVCache.init(target.cfg, b, capacity), prompt_lens - 1)
-    _, d_cache = draft.extend(prompts, KVCache.init(draft.cfg, b, capacity), prompt_lens - 1)
+    _, t_cache = target.extend(prompts, layout.init(target.cfg, b, capacity, w),
+                               prompt_lens - 1)
+    _, d_cache = draft.extend(prompts, layout.init(draft.cfg, b, capacity, w),
+                              prompt_lens - 1)
     r = b * n
     zeros = jnp.zeros((r,), jnp.int32)
+    own = capacity - w + gamma + 1  # verification writes up to gamma + 1 slots ahead
     return SpecState(
-        target_cache=t_cache.repeat(n), draft_cache=d_cache.repeat(n),
+        target_cache=layout.repeat(t_cache, n, own), draft_cache=layout.repeat(d_cache, n, own),
         pending=jnp.repeat(last, n), draft_prev=zeros, draft_lag=jnp.zeros((r,), bool),
         tokens=jnp.zeros((r, max_new_tokens), jnp.int32),
         logprobs=jnp.zeros((r, max_new_tokens), jnp.float32), num_tokens=zeros,
@@ -299,13 +303,13 @@ def spec_decode(target, draft, s: SpecState, rng: jax.Array, *, gamma: int,
 
 @functools.partial(jax.jit, static_argnames=("t_def", "d_def", "n", "capacity",
                                              "max_new_tokens", "gamma", "strategy",
-                                             "stop_tokens"))
+                                             "stop_tokens", "layout"))
 def _spec_jit(t_def, t_params, d_def, d_params, prompts, prompt_lens, rng, *, n, capacity,
-              max_new_tokens, gamma, strategy, stop_tokens):
+              max_new_tokens, gamma, strategy, stop_tokens, layout=CONTIGUOUS):
     target, draft = nnx.merge(t_def, t_params), nnx.merge(d_def, d_params)
     hoist_layers(target, draft)  # per-layer params sliced once, outside the loops
     s = spec_prefill(target, draft, prompts, prompt_lens, n=n, capacity=capacity,
-                     max_new_tokens=max_new_tokens)
+                     max_new_tokens=max_new_tokens, gamma=gamma, layout=layout)
     s = spec_decode(target, draft, s, rng, gamma=gamma, strategy=strategy,
                     stop_tokens=stop_tokens)
     b = prompts.shape[0]
@@ -321,14 +325,15 @@ def _spec_jit(t_def, t_params, d_def, d_params, prompts, prompt_lens, rng, *, n,
 
 def speculative_sample(target, draft, prompts, *, n: int, rng: jax.Array, max_new_tokens: int,
                        strategy: SamplingStrategy, stop_tokens: Sequence[int], gamma: int = 4,
-                       capacity: int | None = None, pad_id: int = 0) -> SpecOutput:
+                       capacity: int | None = None, pad_id: int = 0,
+                       layout: CacheLayout = CONTIGUOUS) -> SpecOutput:
     """Like ``ttc_jax.decode.sample`` (same arguments, same output distribution) with a
     draft model proposing ``gamma`` tokens per target call. One jit call.
 
     The draft must share the target's vocabulary; ``capacity`` (default: the target's
     max_seq_len) must hold prompt + max_new_tokens (verification writes up to γ slots past
     the last committed token; writes past the capacity are dropped, and those tokens can
-    never be committed).
+    never be committed). ``layout=CacheLayout(paged=True)``: paged caches for both models.
     """
     if gamma < 1:
         raise ValueError(f"gamma={gamma} draft tokens per iteration must be >= 1")
@@ -342,7 +347,8 @@ def speculative_sample(target, draft, prompts, *, n: int, rng: jax.Array, max_ne
     d_def, d_params = nnx.split(draft)
     return _spec_jit(t_def, t_params, d_def, d_params, jnp.asarray(tokens), jnp.asarray(lens),
                      rng, n=n, capacity=capacity, max_new_tokens=max_new_tokens, gamma=gamma,
-                     strategy=strategy, stop_tokens=tuple(int(t) for t in stop_tokens))
+                     strategy=strategy, stop_tokens=tuple(int(t) for t in stop_tokens),
+                     layout=layout)
 
 
 def acceptance_rate(out: SpecOutput) -> float:

@@ -80,6 +80,9 @@ PRESETS: dict[str, dict] = {
         tie_embeddings=True, qkv_bias=True),
     "tiny": dict(vocab_size=64, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                  head_dim=16, mlp_dim=128, tie_embeddings=True),
+    # a tiny trunk with 128-wide heads: the TPU attention kernel's lane width
+    "tiny128": dict(vocab_size=64, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                    head_dim=128, mlp_dim=128, tie_embeddings=True),
 }
 # the PRM adapter class of a preset (others: token_prob, the RLHFlow style)
 PRM_KIND = {"Qwen2.5-Math-PRM-7B": "classifier"}
@@ -313,7 +316,10 @@ def lower_search(s: Setup, method: str, n: int, topo=None):
     import jax
     import numpy as np
 
-    from ttc_jax.search.api import _search_jit, problem_keys
+    import contextlib
+
+    from ttc_jax.models.paged import attention_kernel
+    from ttc_jax.search.api import _search_jit, layout_of, problem_keys
     from ttc_jax.search.strategies import Kernel, make_sampler, make_strategy
 
     topo = get_topology(s.topology) if topo is None else topo
@@ -330,12 +336,16 @@ def lower_search(s: Setup, method: str, n: int, topo=None):
     keys = jax.eval_shape(lambda: problem_keys(cfg.seed, np.arange(p)))
     vocab = jax.eval_shape(spec.tables)
     prompts, lens, keys, vocab = _replicated((prompts, lens, keys, vocab), mesh)
-    with jax.set_mesh(mesh):
+    layout = layout_of(cfg)
+    # a paged cache compiles with the TPU kernel (the default backend here is the CPU)
+    kernel = attention_kernel("ragged") if layout.paged else contextlib.nullcontext()
+    with jax.set_mesh(mesh), kernel:
         return _search_jit.lower(
             pdef, pparams, rdef, rparams, None, None, prompts, lens, keys, vocab,
             strategy=make_strategy(cfg), kernel=Kernel(make_sampler(cfg), spec,
-                                                       cfg.max_step_tokens),
-            capacity=s.capacity, max_new_tokens=cfg.max_new_tokens, gamma=0)
+                                                       cfg.max_step_tokens,
+                                                       cfg.prm_block_tokens),
+            capacity=s.capacity, max_new_tokens=cfg.max_new_tokens, gamma=0, layout=layout)
 
 
 def memory_figures(compiled) -> dict:
@@ -441,7 +451,7 @@ def _lower_unit(s: Setup, name: str, rows: int, topo=None, layers: int | None = 
                 cache_abs(policy.cfg, rows, bucket(s.capacity, typical + 1)))
         if name == "prm_block":
             rdef, rparams = _params(prm, mesh)
-            c = cfg.max_step_tokens
+            c = cfg.prm_block_tokens or cfg.max_step_tokens
             cap = bucket(max(s.prm_cache_len, s.capacity), typical + c + 32)
 
             def prm_block(params, tokens, cache):
@@ -613,15 +623,16 @@ def _interp(units: dict, name: str, rows: int, r1: int, r2: int, chip: dict) -> 
 def counts(s: Setup, method: str, n: int) -> dict:
     """Unit calls per compiled call (an upper bound: every row runs the full budget)."""
     cfg = s.search_config(method, n)
-    t, c = cfg.max_new_tokens, cfg.max_step_tokens
+    t, c = cfg.max_new_tokens, cfg.prm_block_tokens or cfg.max_step_tokens
+    paged = cfg.kv_cache == "paged"
     gathers = 0
     if method in ("beam", "dvts", "lookahead"):
-        blocks = max(cfg.max_steps, -(-t // c))
-        gathers = cfg.max_steps
+        blocks = max(cfg.max_steps * -(-cfg.max_step_tokens // c), -(-t // c))
+        gathers = 0 if paged else cfg.max_steps  # paged: reorders move page tables only
         note = (f"decode {t} x {1 + cfg.lookahead} (tokens per row <= max_new_tokens; "
-                f"x (1 + lookahead)), PRM blocks max(max_steps={cfg.max_steps}, {t}/{c})"
-                f"={blocks} x {1 + cfg.lookahead}, {gathers} reorders of both KV caches "
-                f"(read + write)")
+                f"x (1 + lookahead)), PRM blocks of {c} <= {blocks} x {1 + cfg.lookahead}, "
+                + ("reorders move page tables (no KV bytes)" if paged else
+                   f"{gathers} reorders of both KV caches (read + write)"))
         decode = t * (1 + cfg.lookahead)
         blocks = blocks * (1 + cfg.lookahead)
     else:
@@ -698,7 +709,7 @@ def floor_estimate(s: Setup, method: str, n: int) -> dict:
     per_chip_rows = -(-rows // d)
     dec = t(rows * pc.flops_per_token(typical) / chips,
             pc.num_params() * item / (m * st) + per_chip_rows * kv_row(pc, typical))
-    c = cfg.max_step_tokens
+    c = cfg.prm_block_tokens or cfg.max_step_tokens
     blk = t(rows * (c + 8) * rc.flops_per_token(typical) / chips,
             2 * rc.num_params() * item / (m * st) + 2 * per_chip_rows * kv_row(rc, typical))
     pre = t(s.batch_size * s.prompt_len * (pc.flops_per_token(s.prompt_len // 2)

@@ -529,10 +529,13 @@ class ChatPRMAdapter(nnx.Module):
         last_end = jnp.take_along_axis(is_end, jnp.maximum(last, 0)[:, None], axis=1)[:, 0]
         peek = (last >= 0) & ~last_end
         reads = jnp.broadcast_to(jnp.asarray(self.read, jnp.int32), (b, a))
-        hp, _ = self.lm.extend_hidden(reads, cache, jnp.where(peek, a, 0))
+        hp, peeked = self.lm.extend_hidden(reads, cache, jnp.where(peek, a, 0))
         peek_score = self.score_from_hidden(hp[:, a - 1])  # [B]
         scores = jnp.where(peek[:, None] & (pos == last[:, None]), peek_score[:, None], scores)
-        return scores, cache.replace(carry=carry)
+        # The peek's keys/values sit past each row's length (a contiguous row's own slots,
+        # or pages the paged cache gave it privately): keep its buffers with the old
+        # lengths and tables, so the peek costs no copy of the cache.
+        return scores, _keep_buffers(cache, peeked).replace(carry=carry)
 
     def empty_step_logits(self, cache: KVCache) -> jax.Array:
         """[B] score logits of an EMPTY step appended to each row's committed stream:
@@ -551,15 +554,40 @@ class ChatPRMAdapter(nnx.Module):
         h, _ = self.lm.extend_hidden(reads, self._widen(cache), jnp.full((b,), a, jnp.int32))
         return self.score_from_hidden(h[:, a - 1])
 
+    def prefill(self, tokens: jax.Array, cache: KVCache,
+                num_new: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """``extend`` of a prompt into an empty cache, with no ``lax.cond`` over the cache
+        (a conditional carrying the cache can cost a copy of it)."""
+        b, c = tokens.shape
+        num_new = jnp.full((b,), c, jnp.int32) if num_new is None else num_new
+        return self._prompt(tokens, self._widen(cache), num_new.astype(jnp.int32))
+
+    def extend_steps(self, tokens: jax.Array, cache: KVCache,
+                     num_new: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """``extend`` of solution tokens after a prefilled prompt, with no ``lax.cond``."""
+        b, c = tokens.shape
+        num_new = jnp.full((b,), c, jnp.int32) if num_new is None else num_new
+        return self._steps(tokens, self._widen(cache), num_new.astype(jnp.int32))
+
     def extend(self, tokens: jax.Array, cache: KVCache,
                num_new: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
-        """The PRM contract: score logits [B, C] of the new tokens, the updated cache."""
+        """The PRM contract: score logits [B, C] of the new tokens, the updated cache.
+        (Search calls ``prefill`` / ``extend_steps``, which skip this call's ``lax.cond``
+        on whether the cache is empty.)"""
         b, c = tokens.shape
         num_new = jnp.full((b,), c, jnp.int32) if num_new is None else num_new
         num_new = num_new.astype(jnp.int32)
         cache = self._widen(cache)
         return jax.lax.cond(jnp.all(cache.lengths == 0), self._prompt, self._steps,
                             tokens, cache, num_new)
+
+
+def _keep_buffers(cache, scratch):
+    """``cache`` with the key/value buffers of ``scratch`` (a later call on it whose table
+    and length changes are thrown away)."""
+    if hasattr(cache, "pages"):
+        return cache.replace(kv=scratch.kv)
+    return cache.replace(k=scratch.k, v=scratch.v)
 
 
 @dataclasses.dataclass

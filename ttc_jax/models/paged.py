@@ -18,11 +18,15 @@ The pool is split into ``groups`` independent parts (the mesh's ``data`` axis): 
 group g (a contiguous block of B/G rows) only reference pages of part g, so under a mesh
 each device's rows read only its own pages.
 
-Layout: ``kv [L, G, pages, page_size, 2K, H]`` with keys and values interleaved along the
-head axis (k0, v0, k1, v1, ...), the layout of JAX's TPU kernel
-``jax.experimental.pallas.ops.tpu.ragged_paged_attention``, which reads one layer's pool
-with no copy. On other backends :func:`attend_paged` gathers a row's pages (bucketed by how
-many can be valid, as ``transformer.attend_cached`` does) and calls the same ``attend``.
+Layout: ``kv [L, G, pages, page_size, 2K*H]``: keys and values interleaved by head
+(k0, v0, k1, v1, ..., each H wide) on the last axis. That is the layout of JAX's TPU kernel
+``jax.experimental.pallas.ops.tpu.ragged_paged_attention`` ([pages, page_size, 2K, H]) with
+the two head axes merged: a TPU tiles the two minor dims of a buffer by (8, 128), so with
+one or two kv heads per chip a separate 2K axis would be padded to 8 (the pool 4-8x its
+size; measured: 14.4 GiB of temporaries for 3.1 GiB of pools at N=64); merged, the minor
+dims (page_size, 2K*H) tile exactly. The kernel gets one layer's pages reshaped. On other
+backends :func:`attend_paged` gathers a row's pages (bucketed by how many can be valid, as
+``transformer.attend_cached`` does) and calls the same ``attend``.
 
 A full pool does not wrap or corrupt another row: the write is dropped and the row's
 ``overflow`` flag is set; ``ttc_jax.search.api.search`` raises on it with what to raise.
@@ -40,6 +44,15 @@ import jax.numpy as jnp
 from ttc_jax.config import ModelConfig
 
 _KERNEL = {"impl": None}  # None: choose by backend; "jnp" or "ragged": forced
+POOL_AXES = ("layers", "batch", None, None, "kv_heads")  # kv's logical axes
+
+
+def constrain_pool(kv: jax.Array) -> jax.Array:
+    """The pool's sharding under the current mesh: groups on ``data``, heads on ``model``
+    (each device holds its rows' pages of its heads); a no-op without a mesh."""
+    from ttc_jax.parallel.rules import logical_constraint
+
+    return logical_constraint(kv, POOL_AXES)
 
 
 @contextlib.contextmanager
@@ -58,11 +71,14 @@ def attention_kernel(impl: str):
         _KERNEL["impl"] = old
 
 
-def kernel_impl() -> str:
+def kernel_impl(head_dim: int) -> str:
+    """"ragged" or "jnp" for a model of ``head_dim``. The kernel tiles heads by 128
+    lanes, so heads narrower than that (Llama-3.2-1B's 64) take the jnp path; its
+    temporaries are one layer's gathered pages (the layers run under ``scan``)."""
     impl = _KERNEL["impl"]
     if impl is None:
         impl = "ragged" if jax.default_backend() == "tpu" else "jnp"
-    return impl
+    return impl if head_dim % 128 == 0 else "jnp"
 
 
 @flax.struct.dataclass
@@ -70,7 +86,7 @@ class PagedKVCache:
     """Keys and values of every layer in pages, with a page table per row.
 
     Attributes:
-      kv: [L, G, P, page_size, 2K, H] the page pool (keys/values interleaved by head).
+      kv: [L, G, P, page_size, 2K*H] the page pool (keys/values interleaved by head).
       pages: [B, M] int32 page table (page index within the row's group), -1 unassigned;
         M * page_size is the capacity.
       lengths, carry, logp: as ``KVCache``.
@@ -98,8 +114,8 @@ class PagedKVCache:
                              f"row count that the data axis divides")
         m = -(-capacity // page_size)
         pool = pool_pages if pool_pages is not None else (batch // groups) * m
-        shape = (cfg.num_layers, groups, pool, page_size, 2 * cfg.num_kv_heads, cfg.head_dim)
-        return cls(kv=jnp.zeros(shape, cfg.jnp_dtype),
+        shape = (cfg.num_layers, groups, pool, page_size, 2 * cfg.num_kv_heads * cfg.head_dim)
+        return cls(kv=constrain_pool(jnp.zeros(shape, cfg.jnp_dtype)),
                    pages=jnp.full((batch, m), -1, jnp.int32),
                    lengths=jnp.zeros((batch,), jnp.int32),
                    carry=jnp.full((batch,), jnp.inf, jnp.float32),
@@ -134,7 +150,7 @@ class PagedKVCache:
         if pool_pages is not None and pool_pages > kv.shape[2]:
             pad = [(0, 0)] * kv.ndim
             pad[2] = (0, pool_pages - kv.shape[2])
-            kv = jnp.pad(kv, pad)
+            kv = constrain_pool(jnp.pad(kv, pad))
         rep = lambda x: jnp.repeat(x, n, axis=0)
         return self.replace(kv=kv, pages=rep(self.pages), lengths=rep(self.lengths),
                             carry=rep(self.carry), logp=rep(self.logp),
@@ -168,8 +184,9 @@ class PagedKVCache:
         # entries the new tokens touch
         touched = (j >= first[:, None]) & (j * ps < upto[:, None]) & (num_new > 0)[:, None]
 
-        def per_group(pages, kv, touched, first):
-            # kv: [L, P, ps, 2K, H]; pages, touched: [bg, m]
+        def per_group(pages, touched, first):
+            # pages, touched: [bg, m]; the pool itself never enters the vmap (moving its
+            # group axis would copy it)
             refs = jnp.zeros((pool + 1,), jnp.int32).at[
                 jnp.where(pages >= 0, pages, pool)].add(1)[:pool]
             shared = (touched & (j == first[:, None]) & (pages >= 0)
@@ -182,21 +199,22 @@ class PagedKVCache:
             got = jnp.where(flat, free[jnp.clip(rank, 0, most - 1)], pool)
             got = jnp.where(rank < most, got, pool).reshape(bg, m)
             ok = got < pool
-            # copy each shared page into its private copy (all layers; at most one page
-            # per row: the one its first new token goes to)
+            # each shared page gets copied into its private copy (at most one page per
+            # row: the one its first new token goes to)
             at = jnp.clip(first, 0, m - 1)[:, None]
             cow = jnp.take_along_axis(shared & ok, at, axis=1)[:, 0]  # [bg]
             src = jnp.where(cow, jnp.take_along_axis(pages, at, axis=1)[:, 0], 0)
             dst = jnp.where(cow, jnp.take_along_axis(got, at, axis=1)[:, 0], pool)
-            kv = kv.at[:, dst].set(kv[:, src], mode="drop")
             pages = jnp.where(need & ok, got, pages)
-            return pages, kv, jnp.any(need & ~ok, axis=1)
+            return pages, jnp.any(need & ~ok, axis=1), src, dst
 
-        pages = self.pages.reshape(g, bg, m)
-        kv = jnp.moveaxis(self.kv, 1, 0)  # [G, L, P, ...]
-        pages, kv, over = jax.vmap(per_group)(pages, kv, touched.reshape(g, bg, m),
-                                              first.reshape(g, bg))
-        return self.replace(kv=jnp.moveaxis(kv, 0, 1), pages=pages.reshape(b, m),
+        pages, over, src, dst = jax.vmap(per_group)(
+            self.pages.reshape(g, bg, m), touched.reshape(g, bg, m), first.reshape(g, bg))
+        grp = jnp.broadcast_to(jnp.arange(g)[:, None], (g, bg)).reshape(-1)
+        src, dst = src.reshape(-1), dst.reshape(-1)
+        # [L, B, ps, 2K, H] copied pages of every layer (rows without a copy: dropped)
+        kv = self.kv.at[:, grp, dst].set(self.kv[:, grp, src], mode="drop")
+        return self.replace(kv=constrain_pool(kv), pages=pages.reshape(b, m),
                             overflow=self.overflow | over.reshape(b))
 
 
@@ -204,7 +222,7 @@ class PagedKVCache:
 class PagedLayers:
     """What the layer stack carries for a paged cache: the pool and the (fixed) tables."""
 
-    kv: jax.Array  # [L, G, P, ps, 2K, H]
+    kv: jax.Array  # [L, G, P, ps, 2K*H]
     pages: jax.Array  # [B, M]
     lengths: jax.Array  # [B] before this call
     num_new: jax.Array  # [B]
@@ -218,15 +236,15 @@ def write_layer(c: PagedLayers, layer, k_new: jax.Array, v_new: jax.Array,
                 slots: jax.Array) -> PagedLayers:
     """Writes one layer's new keys/values ([B, T, K, H]) at ``slots`` ([B, T]; slots at
     or past the capacity, and unassigned pages, are dropped)."""
-    _, g, pool, ps, _, _ = c.kv.shape
+    _, g, pool, ps, _ = c.kv.shape
     b, t, kh, h = k_new.shape
     m = c.pages.shape[1]
     page = jnp.take_along_axis(c.pages, jnp.clip(slots // ps, 0, m - 1), axis=1)  # [B, T]
     page = jnp.where((slots < m * ps) & (page >= 0), page, pool)
     grp = jnp.broadcast_to((jnp.arange(b) // (b // g))[:, None], (b, t))
-    new = jnp.stack([k_new, v_new], axis=3).reshape(b, t, 2 * kh, h).astype(c.kv.dtype)
+    new = jnp.stack([k_new, v_new], axis=3).reshape(b, t, 2 * kh * h).astype(c.kv.dtype)
     kv = c.kv.at[layer, grp, page, slots % ps].set(new, mode="drop")
-    return c.replace(kv=kv)
+    return c.replace(kv=constrain_pool(kv))
 
 
 def _page_buckets(m: int, page_size: int) -> tuple[int, ...]:
@@ -242,20 +260,22 @@ def attend_paged(q: jax.Array, c: PagedLayers, layer, mask: jax.Array,
     On a TPU (or inside ``attention_kernel("ragged")``) this is JAX's
     ``ragged_paged_attention`` kernel; elsewhere each row's first pages (a bucket that
     covers ``bound``) are gathered into a contiguous [B, K, S', H] view for ``attend``."""
-    if kernel_impl() == "ragged":
+    if kernel_impl(q.shape[-1]) == "ragged":
         return _attend_ragged(q, c, layer)
     from ttc_jax.models.transformer import attend
 
-    _, g, _, ps, kh2, h = c.kv.shape
+    _, g, _, ps, _ = c.kv.shape
     b, m = c.pages.shape
-    pool_l = jax.lax.dynamic_index_in_dim(c.kv, layer, 0, keepdims=False)  # [G, P, ps, 2K, H]
+    h = q.shape[-1]
+    kh = c.kv.shape[-1] // (2 * h)
+    pool_l = jax.lax.dynamic_index_in_dim(c.kv, layer, 0, keepdims=False)  # [G, P, ps, 2KH]
     sizes = _page_buckets(m, ps)
 
     def branch(npg):
         def run(q, pool_l, pages, mask):
             idx = jnp.maximum(pages[:, :npg], 0).reshape(g, b // g, npg)
-            kv = jax.vmap(lambda pl, ix: pl[ix])(pool_l, idx)  # [G, B/G, npg, ps, 2K, H]
-            kv = kv.reshape(b, npg * ps, kh2 // 2, 2, h)
+            kv = jax.vmap(lambda pl, ix: pl[ix])(pool_l, idx)  # [G, B/G, npg, ps, 2KH]
+            kv = kv.reshape(b, npg * ps, kh, 2, h)
             k = kv[:, :, :, 0].transpose(0, 2, 1, 3)  # [B, K, S', H]
             v = kv[:, :, :, 1].transpose(0, 2, 1, 3)
             return attend(q, k, v, mask[:, :, :npg * ps])
@@ -287,15 +307,16 @@ def _attend_ragged(q: jax.Array, c: PagedLayers, layer) -> jax.Array:
 
     from ttc_jax.parallel.rules import current_mesh
 
-    pool_l = jax.lax.dynamic_index_in_dim(c.kv, layer, 0, keepdims=False)  # [G, P, ps, 2K, H]
+    pool_l = jax.lax.dynamic_index_in_dim(c.kv, layer, 0, keepdims=False)  # [G, P, ps, 2KH]
     h = q.shape[-1]
 
     def local(q, pool_l, pages, lengths, num_new):
         b, t, n, _ = q.shape
         packed, kv_lens, cu, flat = ragged_inputs(q, lengths, num_new)
-        ps = pool_l.shape[2]
+        _, pool, ps, khh = pool_l.shape
+        pages_l = pool_l[0].reshape(pool, ps, khh // h, h)  # the kernel's [P, ps, 2K, H]
         out = ragged_paged_attention(
-            packed, pool_l[0], kv_lens, jnp.maximum(pages, 0), cu,
+            packed, pages_l, kv_lens, jnp.maximum(pages, 0), cu,
             jnp.asarray([b], jnp.int32), sm_scale=h**-0.5,
             num_kv_pages_per_block=max(1, min(pages.shape[1], 512 // ps)),
             num_queries_per_block=min(32, max(8, b * t)), vmem_limit_bytes=64 * 1024 * 1024)
@@ -312,14 +333,13 @@ def _attend_ragged(q: jax.Array, c: PagedLayers, layer) -> jax.Array:
     from ttc_jax.parallel.rules import mesh_axis
 
     data, model = mesh_axis("batch"), mesh_axis("kv_heads")
-    specs = (P(data, None, model, None), P(data, None, None, model, None), P(data), P(data),
-             P(data))
+    specs = (P(data, None, model, None), P(data, None, None, model), P(data), P(data), P(data))
     return jax.shard_map(local, mesh=mesh, in_specs=specs,
                          out_specs=P(data, None, model, None), check_vma=False)(*args)
 
 
 def paged_sharding_specs() -> dict:
     """Logical axis names of a PagedKVCache's fields (``parallel.rules.cache_sharding``)."""
-    return {"kv": ("layers", "batch", None, None, "kv_heads", "head_dim"),
+    return {"kv": POOL_AXES,
             "pages": ("batch", None), "lengths": ("batch",), "carry": ("batch",),
             "logp": ("batch", "vocab"), "overflow": ("batch",)}

@@ -121,7 +121,8 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
         res = _search_jit(policy_def, policy_params, prm_def, prm_params, draft_def,
                           draft_params, prompts, prompt_lens, keys, vocab,
                           strategy=make_strategy(cfg),
-                          kernel=Kernel(make_sampler(cfg), spec, cfg.max_step_tokens),
+                          kernel=Kernel(make_sampler(cfg), spec, cfg.max_step_tokens,
+                                        cfg.prm_block_tokens),
                           capacity=capacity, max_new_tokens=cfg.max_new_tokens,
                           gamma=gamma if draft is not None else 0, layout=layout_of(cfg))
     res = to_host(res) if mesh is not None and jax.process_count() > 1 else res

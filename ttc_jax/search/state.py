@@ -167,7 +167,7 @@ def init_state(policy, prm, prompts: jax.Array, prompt_lens: jax.Array, *, n: in
         # an adapter's prompt stream is longer than the policy's (its chat template):
         # the prefill pool holds whole rows
         prm_cache = layout.init(prm.cfg, p, capacity, prm_cap)
-        _, prm_cache = prm.extend(prompts, prm_cache, prompt_lens)
+        _, prm_cache = getattr(prm, "prefill", prm.extend)(prompts, prm_cache, prompt_lens)
         prm_cache = layout.repeat(prm_cache, n, prm_cap - w)
         compute = compute.replace(
             prm_flops=_prefill_flops(prompt_lens, *flops_line(prm.cfg, lm_head=False)))

@@ -166,7 +166,9 @@ def score_new(prm, s: SearchState, start: jax.Array, *, spec: SearchTokens,
         block = jnp.take_along_axis(s.tokens, jnp.clip(pos, 0, t - 1), axis=1)
         block = jnp.where(valid, block, spec.pad_id)  # [R, C]
         ctx = s.prm_cache.lengths[:, None] + col + 1  # [R, C]
-        logits, prm_cache = prm.extend(block, s.prm_cache, num_new)  # [R, C]
+        # after init_state's prefill (``extend_steps``: no cond on an empty cache)
+        logits, prm_cache = getattr(prm, "extend_steps", prm.extend)(block, s.prm_cache,
+                                                                     num_new)  # [R, C]
         probs = jax.nn.sigmoid(logits)
         is_end = valid & (s.vocab.lookup(block) | (pos == last_real[:, None]))
         base_idx = s.num_steps - s.open_step  # reuse an open step's slot

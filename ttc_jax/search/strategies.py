@@ -33,12 +33,17 @@ from ttc_jax.search.vote import best_index, vote
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    """How steps are generated: the sampler, the task's token ids, the per-step cap (also
-    the PRM scoring block width)."""
+    """How steps are generated: the sampler, the task's token ids, the per-step cap, and the
+    PRM scoring block width (``SearchConfig.prm_block_tokens``; default the step cap)."""
 
     sampler: SamplingStrategy
     spec: SearchTokens
     step_tokens: int
+    score_tokens: int = 0  # PRM scoring block (0: step_tokens)
+
+    @property
+    def score_width(self) -> int:
+        return self.score_tokens or self.step_tokens
 
 
 def _rows(x: jax.Array, p: int) -> jax.Array:
@@ -98,7 +103,7 @@ class Sampling:
         s = _with_empty_slot(s, empty)
         active = jnp.ones((s.rows,), bool)
         s = step(policy, prm, s, fold_rows(keys, 0), active, strategy=kernel.sampler,
-                 spec=kernel.spec, cap=t, stop_at_delimiter=False, width=kernel.step_tokens,
+                 spec=kernel.spec, cap=t, stop_at_delimiter=False, width=kernel.score_width,
                  empty_step=empty)
         agg = _rows(_aggregate(s, self.aggregation, empty), p)
         tokens, lengths = _rows(s.tokens, p), _rows(s.num_tokens, p)
@@ -124,7 +129,7 @@ def _lookahead(policy, prm, s: SearchState, eligible, k: int, kernel: Kernel,
     The rollout itself is thrown away."""
     def body(_, la):
         return step(policy, prm, la, None, eligible, strategy=None, spec=kernel.spec,
-                    cap=kernel.step_tokens, stop_at_delimiter=True, width=kernel.step_tokens)
+                    cap=kernel.step_tokens, stop_at_delimiter=True, width=kernel.score_width)
 
     la = jax.lax.fori_loop(0, k, body, s)
     return aggregate(la.step_scores, la.num_steps, aggregation), s.replace(compute=la.compute)
@@ -156,7 +161,7 @@ def _sal_rollout(policy, prm, s: SearchState, rows, k: int, kernel: Kernel,
     def body(_, carry):
         la, go = carry
         la = step(policy, prm, la, None, go, strategy=None, spec=spec,
-                  cap=kernel.step_tokens, stop_at_delimiter=True, width=kernel.step_tokens,
+                  cap=kernel.step_tokens, stop_at_delimiter=True, width=kernel.score_width,
                   empty_step=empty and prm is not None)
         return la, go & ~la.done & la.vocab.lookup(_last_token(la))
 
@@ -258,7 +263,7 @@ class TreeSearch:
             active = ~s.done & jnp.repeat(live, n)
             s = step(policy, prm, s, fold_rows(keys, i), active, strategy=kernel.sampler,
                      spec=kernel.spec, cap=jnp.where(last, t, c), stop_at_delimiter=~last,
-                     width=c)
+                     width=kernel.score_width)
             agg = aggregate(s.step_scores, s.num_steps, self.aggregation)  # [R]
             completed = active & (s.done | last)
             eligible = active & ~completed
@@ -325,7 +330,8 @@ class TreeSearch:
             active = ~s.done & ~halted & jnp.repeat(live, n)
             # every step (the last one too) at most c tokens; the last writes past step ends
             s = step(policy, prm, s, fold_rows(keys, i), active, strategy=kernel.sampler,
-                     spec=gen_spec, cap=c, stop_at_delimiter=~last, width=c, empty_step=empty)
+                     spec=gen_spec, cap=c, stop_at_delimiter=~last, width=kernel.score_width,
+                     empty_step=empty)
             agg = _aggregate(s, self.aggregation, empty)  # [R]
             cut = ~s.vocab.lookup(_last_token(s))  # the step did not end on a step end
             completed = active & (s.done | last | cut)
