@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from ttc_jax.config import MeshConfig, ModelConfig, SearchConfig
 from ttc_jax.decode import get_strategy, sample
@@ -33,6 +34,11 @@ def model():
     return init_model(CFG, seed=0)
 
 
+@nnx.jit
+def _extend(model, tokens, cache, num_new):
+    return model.extend(tokens, cache, num_new)
+
+
 def _rand(i, shape, hi=64):
     return jax.random.randint(jax.random.key(i), shape, 0, hi)
 
@@ -41,8 +47,8 @@ def test_extend_repeat_gather_equal_the_contiguous_cache_and_share_pages(model):
     toks, lens = _rand(0, (2, 20)), jnp.array([20, 13])
     c = KVCache.init(CFG, 2, 96)
     pc = PagedKVCache.init(CFG, 2, 96, page_size=8)
-    a, c = model.extend(toks, c, lens)
-    b, pc = model.extend(toks, pc, lens)
+    a, c = _extend(model, toks, c, lens)
+    b, pc = _extend(model, toks, pc, lens)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     c, pc = c.repeat(3), pc.repeat(3, pool_pages=40)
     pages = np.asarray(pc.pages)
@@ -56,8 +62,8 @@ def test_extend_repeat_gather_equal_the_contiguous_cache_and_share_pages(model):
     pc = moved
     for i in range(12):
         t, nn = _rand(i + 1, (6, 3)), jnp.array([3, 1, 0, 2, 3, 1])
-        a, c = model.extend(t, c, nn)
-        b, pc = model.extend(t, pc, nn)
+        a, c = _extend(model, t, c, nn)
+        b, pc = _extend(model, t, pc, nn)
         real = np.arange(3)[None] < np.asarray(nn)[:, None]
         np.testing.assert_allclose(np.asarray(a)[real], np.asarray(b)[real], atol=1e-5)
     assert not np.asarray(pc.overflow).any()
@@ -68,10 +74,10 @@ def test_extend_repeat_gather_equal_the_contiguous_cache_and_share_pages(model):
 
 def test_copy_on_write_leaves_the_other_rows_page_untouched(model):
     pc = PagedKVCache.init(CFG, 1, 32, page_size=8)
-    _, pc = model.extend(_rand(3, (1, 5)), pc, jnp.array([5]))  # one partial page
+    _, pc = _extend(model, _rand(3, (1, 5)), pc, jnp.array([5]))  # one partial page
     pc = pc.repeat(2, pool_pages=8)
     before = np.asarray(pc.kv)
-    _, pc2 = model.extend(_rand(4, (2, 1)), pc, jnp.array([1, 0]))  # only row 0 writes
+    _, pc2 = _extend(model, _rand(4, (2, 1)), pc, jnp.array([1, 0]))  # only row 0 writes
     p = np.asarray(pc2.pages)
     assert p[0, 0] != p[1, 0]  # row 0 got a private copy of the shared page
     after = np.asarray(pc2.kv)
@@ -81,14 +87,14 @@ def test_copy_on_write_leaves_the_other_rows_page_untouched(model):
 
 def test_pages_of_pruned_rows_are_reused_and_a_full_pool_is_flagged(model):
     pc = PagedKVCache.init(CFG, 1, 64, page_size=4)
-    _, pc = model.extend(_rand(5, (1, 4)), pc, jnp.array([4]))
+    _, pc = _extend(model, _rand(5, (1, 4)), pc, jnp.array([4]))
     pc = pc.repeat(4, pool_pages=1 + 4 * 3)
     for i in range(16):  # every step keeps one row's history: the others' pages free
-        _, pc = model.extend(_rand(6 + i, (4, 1)), pc, jnp.ones((4,), jnp.int32))
+        _, pc = _extend(model, _rand(6 + i, (4, 1)), pc, jnp.ones((4,), jnp.int32))
         pc = pc.gather(jnp.zeros((4,), jnp.int32))
     assert not np.asarray(pc.overflow).any()
     tight = PagedKVCache.init(CFG, 2, 64, page_size=4, pool_pages=3)
-    _, tight = model.extend(_rand(7, (2, 8)), tight, jnp.array([8, 8]))
+    _, tight = _extend(model, _rand(7, (2, 8)), tight, jnp.array([8, 8]))
     assert np.asarray(tight.overflow).tolist() == [False, True]
 
 

@@ -1,6 +1,8 @@
 """The TPU planning tool (ttc_jax.eval.plan, launch/plan.py): compile-only TPU topologies."""
 
+import dataclasses
 import importlib.util
+import re
 
 import pytest
 
@@ -36,6 +38,23 @@ def test_tiny_plan_hbm_is_memory_analysis_of_the_same_program():
     assert row["estimate"]["problem_s"] > 0
     assert any(ln.startswith("RESULT plan_fits_all=1") for ln in lines)
     assert any(ln.startswith("RESULT plan_sweep_hours_estimate=") for ln in lines)
+
+
+@needs_libtpu
+def test_paged_search_compiles_for_tpu_with_the_ragged_kernel():
+    """A paged beam search whose PRM has 128-wide heads compiles for v5e with JAX's
+    ``ragged_paged_attention`` inside (the policy's 16-wide heads take the jnp path), and
+    its pools are sharded: heads over ``model``, page groups over ``data``."""
+    s = dataclasses.replace(TINY, prm="tiny128", dtype="bfloat16",
+                            search={**TINY.search, "kv_cache": "paged", "kv_page_size": 16,
+                                    "prm_block_tokens": 2})
+    lowered = p.lower_search(s, "beam", 4)
+    assert "ragged_paged_attention" in lowered.as_text()
+    compiled = lowered.compile()
+    assert p.memory_figures(compiled)["total_bytes"] > 0
+    hlo = compiled.as_text()
+    # PRM pool [L, G, pages, 16, 2K*H]: G=2 over data, 2*2*128 over model=2 -> [2,1,.,16,256]
+    assert re.search(r"bf16\[2,1,\d+,16,256\]", hlo)
 
 
 def test_unknown_topology_lists_the_valid_names():

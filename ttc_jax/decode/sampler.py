@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ttc_jax.decode.loop import advance
 from ttc_jax.decode.sampling import SamplingStrategy
 from ttc_jax.models.cache import CONTIGUOUS, CacheLayout, KVCache
 from ttc_jax.models.transformer import Transformer
@@ -124,30 +125,19 @@ def decode(model: Transformer, state: DecodeState, rng: jax.Array, *,
     stops = jnp.asarray(tuple(stop_tokens), jnp.int32)
     rows = jnp.arange(state.rows)
 
-    def cond(carry):
-        i, s = carry
-        return (i < max_steps) & ~jnp.all(s.done)
-
-    def body(carry):
-        i, s = carry
-        active = ~s.done
+    def pick(s, i):
         tok = strategy.sample(s.logits, jax.random.fold_in(rng, i))  # [R]
         logp = jnp.take_along_axis(jax.nn.log_softmax(s.logits, axis=-1), tok[:, None],
                                    axis=-1)[:, 0]
-        slot = jnp.where(active, s.num_tokens, width)  # done rows write out of bounds
-        tokens = s.tokens.at[rows, slot].set(tok, mode="drop")
-        logprobs = s.logprobs.at[rows, slot].set(logp, mode="drop")
-        num_tokens = s.num_tokens + active
-        logits, cache = model.extend(tok[:, None], s.cache, active.astype(jnp.int32))
-        finished = jnp.isin(tok, stops) | (num_tokens >= width)
-        new = DecodeState(
-            cache=cache,
-            logits=jnp.where(active[:, None], logits[:, 0], s.logits),
-            tokens=tokens, logprobs=logprobs, num_tokens=num_tokens,
-            done=s.done | (active & finished))
-        return i + 1, new
+        return tok, logp
 
-    _, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
+    def observe(s, tok, logp, running, full, i):
+        slot = jnp.where(running, s.num_tokens - 1, width)  # the token just written
+        stop = running & jnp.isin(tok, stops)
+        return s.replace(logprobs=s.logprobs.at[rows, slot].set(logp, mode="drop"),
+                         done=s.done | stop | full), stop
+
+    state, _ = advance(model, state, ~state.done, pick=pick, observe=observe, cap=max_steps)
     return state
 
 

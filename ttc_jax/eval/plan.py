@@ -313,10 +313,10 @@ def _params(model, mesh):
 def lower_search(s: Setup, method: str, n: int, topo=None):
     """The lowered ``_search_jit`` of (method, n) for ``s`` (abstract inputs with the rules
     table's NamedShardings), ready to ``.compile()``."""
+    import contextlib
+
     import jax
     import numpy as np
-
-    import contextlib
 
     from ttc_jax.models.paged import attention_kernel
     from ttc_jax.search.api import _search_jit, layout_of, problem_keys

@@ -29,15 +29,16 @@ class KVCache:
       carry: [B] float32 running state a model keeps across calls besides keys/values
         (the PRM's step-local running minimum; +inf when none). Moves with the rows.
       logp: [B, V] float32 log-probabilities the model predicted after each row's last
-        token (the PRM's token-probability feature needs them for the next call's first
-        token); zeros until a call writes them.
+        token, or None. Only the native PRM's token-probability feature needs them (for
+        the next call's first token): its first ``extend`` (the prompt, before any loop)
+        creates them; every other cache carries no vocabulary-sized row buffer.
     """
 
     k: jax.Array
     v: jax.Array
     lengths: jax.Array
     carry: jax.Array
-    logp: jax.Array
+    logp: jax.Array | None = None
 
     @classmethod
     def init(cls, cfg: ModelConfig, batch: int, capacity: int | None = None) -> KVCache:
@@ -45,8 +46,7 @@ class KVCache:
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, capacity, cfg.head_dim)
         zeros = jnp.zeros(shape, cfg.jnp_dtype)
         return cls(k=zeros, v=zeros, lengths=jnp.zeros((batch,), jnp.int32),
-                   carry=jnp.full((batch,), jnp.inf, jnp.float32),
-                   logp=jnp.zeros((batch, cfg.vocab_size), jnp.float32))
+                   carry=jnp.full((batch,), jnp.inf, jnp.float32))
 
     @property
     def batch(self) -> int:
@@ -61,14 +61,14 @@ class KVCache:
         return KVCache(k=jnp.repeat(self.k, n, axis=1), v=jnp.repeat(self.v, n, axis=1),
                        lengths=jnp.repeat(self.lengths, n, axis=0),
                        carry=jnp.repeat(self.carry, n, axis=0),
-                       logp=jnp.repeat(self.logp, n, axis=0))
+                       logp=None if self.logp is None else jnp.repeat(self.logp, n, axis=0))
 
     def gather(self, rows: jax.Array) -> KVCache:
         """Reorders rows by parent index: new row r is old row ``rows[r]`` ([B'] int)."""
         return KVCache(k=jnp.take(self.k, rows, axis=1), v=jnp.take(self.v, rows, axis=1),
                        lengths=jnp.take(self.lengths, rows, axis=0),
                        carry=jnp.take(self.carry, rows, axis=0),
-                       logp=jnp.take(self.logp, rows, axis=0))
+                       logp=None if self.logp is None else jnp.take(self.logp, rows, axis=0))
 
 
 def write_positions(lengths: jax.Array, num_new: jax.Array, width: int,

@@ -89,7 +89,7 @@ class PagedKVCache:
       kv: [L, G, P, page_size, 2K*H] the page pool (keys/values interleaved by head).
       pages: [B, M] int32 page table (page index within the row's group), -1 unassigned;
         M * page_size is the capacity.
-      lengths, carry, logp: as ``KVCache``.
+      lengths, carry, logp: as ``KVCache`` (logp None unless the native PRM writes it).
       overflow: [B] bool, a write of this row found no free page (the write was dropped).
       page_size: tokens per page (static).
     """
@@ -118,8 +118,7 @@ class PagedKVCache:
         return cls(kv=constrain_pool(jnp.zeros(shape, cfg.jnp_dtype)),
                    pages=jnp.full((batch, m), -1, jnp.int32),
                    lengths=jnp.zeros((batch,), jnp.int32),
-                   carry=jnp.full((batch,), jnp.inf, jnp.float32),
-                   logp=jnp.zeros((batch, cfg.vocab_size), jnp.float32),
+                   carry=jnp.full((batch,), jnp.inf, jnp.float32), logp=None,
                    overflow=jnp.zeros((batch,), bool), page_size=page_size)
 
     @property
@@ -151,7 +150,7 @@ class PagedKVCache:
             pad = [(0, 0)] * kv.ndim
             pad[2] = (0, pool_pages - kv.shape[2])
             kv = constrain_pool(jnp.pad(kv, pad))
-        rep = lambda x: jnp.repeat(x, n, axis=0)
+        rep = lambda x: None if x is None else jnp.repeat(x, n, axis=0)
         return self.replace(kv=kv, pages=rep(self.pages), lengths=rep(self.lengths),
                             carry=rep(self.carry), logp=rep(self.logp),
                             overflow=rep(self.overflow))
@@ -159,7 +158,7 @@ class PagedKVCache:
     def gather(self, rows: jax.Array) -> PagedKVCache:
         """New row r is old row ``rows[r]``: page-table rows move, keys and values do not.
         ``rows`` must keep every row in its group (selection within a problem does)."""
-        take = lambda x: jnp.take(x, rows, axis=0)
+        take = lambda x: None if x is None else jnp.take(x, rows, axis=0)
         return self.replace(pages=take(self.pages), lengths=take(self.lengths),
                             carry=take(self.carry), logp=take(self.logp),
                             overflow=take(self.overflow))

@@ -123,8 +123,8 @@ class ProcessRewardModel(nnx.Module):
         if logp is not None:
             last = jnp.clip(num_new - 1, 0, t - 1)[:, None, None]
             after = jnp.take_along_axis(logp, last, axis=1)[:, 0]  # [B, V]
-            new_cache = new_cache.replace(
-                logp=jnp.where((num_new > 0)[:, None], after, cache.logp))
+            old = jnp.zeros_like(after) if cache.logp is None else cache.logp
+            new_cache = new_cache.replace(logp=jnp.where((num_new > 0)[:, None], after, old))
         if self.pooling == "last":
             return logits, new_cache
         pooled, carry = segment_running_min(logits, tokens, self.step_delimiter_id,

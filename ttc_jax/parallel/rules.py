@@ -152,7 +152,8 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
 
 def cache_sharding(mesh: Mesh, cache=None):
     """Shardings of a ``KVCache``: k, v [L, B, K, S, H] on (stage, data, model, -, -);
-    lengths and carry [B] on data; logp [B, V] on (data, model).
+    lengths and carry [B] on data; logp [B, V] (when present) on (data, model). A
+    ``PagedKVCache``: its pool's groups on data, heads on model (``paged_sharding_specs``).
 
     With ``cache`` given, returns a KVCache of NamedShardings (after checking that its
     dims divide); without, a dict of PartitionSpecs by field name.
@@ -162,9 +163,15 @@ def cache_sharding(mesh: Mesh, cache=None):
     specs["v"] = specs["k"]
     if cache is None:
         return {k: logical_to_spec(v) for k, v in specs.items()}
+    if hasattr(cache, "pages"):  # a PagedKVCache
+        from ttc_jax.models.paged import paged_sharding_specs
+
+        specs = paged_sharding_specs()
     out = {}
     for field, names in specs.items():
         x = getattr(cache, field)
+        if x is None:  # logp of a cache that carries none
+            continue
         check_divisible(x.shape, names, mesh, what=f"KVCache.{field}")
         out[field] = NamedSharding(mesh, logical_to_spec(names))
     return cache.replace(**out)

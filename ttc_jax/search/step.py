@@ -23,6 +23,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ttc_jax.decode.loop import advance
 from ttc_jax.decode.sampling import SamplingStrategy
 from ttc_jax.search.state import SearchState, flops_line, note_overflow, per_problem
 from ttc_jax.search.tokens import SearchTokens
@@ -88,49 +89,36 @@ def generate(policy, s: SearchState, keys: jax.Array | None, active: jax.Array, 
             strategy=strategy, spec=spec, cap=cap, stop_at_delimiter=stop_at_delimiter,
             gamma=policy.gamma)
         return note_overflow(s.replace(draft_cache=draft_cache)), start
-    r, width = s.tokens.shape
+    width = s.tokens.shape[1]
     p = s.compute.policy_tokens.shape[0]
-    rows = jnp.arange(r)
     base, slope = flops_line(policy.cfg)
     prefix = jnp.asarray(spec.answer_prefix, jnp.int32)
     k = len(spec.answer_prefix)
     start = s.num_tokens
 
-    def cond(c):
-        t, _, running = c
-        return (t < cap) & jnp.any(running)
+    def pick(s, t):
+        return _sample(s.logits, None if keys is None else fold_rows(keys, t), strategy,
+                       spec.banned()), None  # [R]
 
-    def body(c):
-        t, s, running = c
-        tok = _sample(s.logits, None if keys is None else fold_rows(keys, t), strategy,
-                      spec.banned())  # [R]
-        slot = jnp.where(running, s.num_tokens, width)  # stopped rows write out of bounds
-        tokens = s.tokens.at[rows, slot].set(tok, mode="drop")
-        num_tokens = s.num_tokens + running
-        ctx = s.cache.lengths + 1  # positions this token attends to
-        logits, cache = policy.extend(tok[:, None], s.cache, running.astype(jnp.int32))
+    def observe(s, tok, _, running, full, t):
+        ctx = s.cache.lengths  # positions the new token attended to (running rows)
         is_eos = spec.is_eos(tok)
         is_delim = s.vocab.lookup(tok)
         line = jnp.take_along_axis(
-            tokens, jnp.clip(s.line_start[:, None] + jnp.arange(k), 0, width - 1), axis=1)
-        answer_line = jnp.all(line == prefix, axis=1) & (s.line_start + k < num_tokens)
+            s.tokens, jnp.clip(s.line_start[:, None] + jnp.arange(k), 0, width - 1), axis=1)
+        answer_line = jnp.all(line == prefix, axis=1) & (s.line_start + k < s.num_tokens)
         ended = running & (is_eos | (is_delim & answer_line))
-        full = running & (num_tokens >= width)
-        stop = ended | full | (is_delim & stop_at_delimiter)
         f = running.astype(jnp.float32)
         compute = s.compute.replace(
             policy_tokens=s.compute.policy_tokens + per_problem(f, p),
             policy_flops=s.compute.policy_flops
             + per_problem(f * (base + slope * ctx.astype(jnp.float32)), p))
         s = s.replace(
-            cache=cache, logits=jnp.where(running[:, None], logits[:, 0], s.logits),
-            tokens=tokens, num_tokens=num_tokens,
-            line_start=jnp.where(running & is_delim, num_tokens, s.line_start),
+            line_start=jnp.where(running & is_delim, s.num_tokens, s.line_start),
             done=s.done | ended | full, ended=s.ended | ended, compute=compute)
-        return t + 1, s, running & ~stop
+        return s, ended | (is_delim & stop_at_delimiter)
 
-    running = active & ~s.done
-    _, s, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), s, running))
+    s, _ = advance(policy, s, active & ~s.done, pick=pick, observe=observe, cap=cap)
     return note_overflow(s), start
 
 
