@@ -98,6 +98,24 @@ def test_pages_of_pruned_rows_are_reused_and_a_full_pool_is_flagged(model):
     assert np.asarray(tight.overflow).tolist() == [False, True]
 
 
+def test_a_pool_sized_by_the_layout_never_runs_short_under_random_selection(model):
+    """CacheLayout sizes the pool by each row's own budget; rows reorder at random (beam
+    style: children share and then copy their parent's last page) and write their whole
+    budget: the pool holds, at its exact size."""
+    # prompt 7 = 1 full page + 3; 7 + 22 spans 8 pages: the bound ceil(22/4) + 1 is tight
+    layout, own, n = CacheLayout(paged=True, page_size=4), 22, 4
+    pc = layout.init(CFG, 1, 7 + own, 7)
+    _, pc = _extend(model, _rand(9, (1, 7)), pc, jnp.array([7]))
+    pc = layout.repeat(pc, n, own)
+    assert pc.pool_pages == 2 + n * (-(-own // 4) + 1)
+    rng = np.random.default_rng(0)
+    for i in range(own // 2):
+        _, pc = _extend(model, _rand(10 + i, (n, 2)), pc, jnp.full((n,), 2, jnp.int32))
+        pc = pc.gather(jnp.asarray(rng.integers(0, n, n), jnp.int32))
+    assert not np.asarray(pc.overflow).any()
+    assert (np.asarray(pc.lengths) == 7 + own).all()
+
+
 def test_jnp_paged_attention_equals_the_ragged_kernels_reference():
     from jax.experimental.pallas.ops.tpu.ragged_paged_attention import (
         ref_ragged_paged_attention,

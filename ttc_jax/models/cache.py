@@ -108,8 +108,12 @@ class CacheLayout:
     moves page tables; the accelerator layout).
 
     ``init`` makes the cache a prompt batch is prefilled into; ``repeat`` broadcasts it to
-    N rows per prompt, growing a paged pool by what each new row can write itself
-    (``own_slots`` positions, plus one copied page and one spare)."""
+    N rows per prompt, growing a paged pool by what each new row can write itself:
+    ``own_slots`` positions after a prompt of any length span at most
+    ``ceil(own_slots / page_size) + 1`` pages (the +1: its prompt's partial last page,
+    copied on write). Every page a row references beyond its prompt's full pages is one of
+    those entries, whether it owns or shares it, so the pool never runs short while each
+    row writes at most ``own_slots`` positions (``overflow`` reports it if one does)."""
 
     paged: bool = False
     page_size: int = 16
@@ -130,7 +134,7 @@ class CacheLayout:
         if not self.paged:
             return cache.repeat(n)
         rows = cache.batch // cache.groups * n
-        own = -(-own_slots // cache.page_size) + 2
+        own = -(-own_slots // cache.page_size) + 1
         return cache.repeat(n, pool_pages=cache.pool_pages + rows * own)
 
 

@@ -190,6 +190,17 @@ class PagedKVCache:
                 jnp.where(pages >= 0, pages, pool)].add(1)[:pool]
             shared = (touched & (j == first[:, None]) & (pages >= 0)
                       & (refs[jnp.maximum(pages, 0)] > 1))  # copy-on-write
+            # When every row that references a page writes into it now, the first of them
+            # keeps the page and only the others copy it (so a reserve never holds more
+            # pages than the rows' tables end up referencing).
+            want = jnp.any(shared, axis=1)  # [bg]
+            pf = jnp.where(want, jnp.take_along_axis(
+                pages, jnp.clip(first, 0, m - 1)[:, None], axis=1)[:, 0], pool)
+            writers = jnp.zeros((pool + 1,), jnp.int32).at[pf].add(1)
+            lead = jnp.full((pool + 1,), bg, jnp.int32).at[pf].min(jnp.arange(bg))
+            keeps = want & (writers[pf] == refs[jnp.minimum(pf, pool - 1)]) & (
+                lead[pf] == jnp.arange(bg))
+            shared = shared & ~keeps[:, None]
             need = touched & ((pages < 0) | shared)
             flat = need.reshape(-1)
             rank = jnp.cumsum(flat) - 1
