@@ -51,7 +51,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
                     lookahead=0, filter_duplicates=True, seed=0,
                     rules="ttc_jax",  # search_and_learn: the study's exact rules
                     kv_cache="contiguous",  # paged: shared prompt pages (TPU; see plan.md)
-                    kv_page_size=16,
+                    kv_page_size=16, kv_pool_fraction=1.0,
                     prm_block_tokens=0)  # 0: max_step_tokens; 16 at real scale (plan.md)
     if variant == "local":  # a few problems, tiny budgets, short solutions
         c.dtype = "float32"

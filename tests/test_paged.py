@@ -211,6 +211,18 @@ def test_every_search_method_is_identical_on_the_paged_cache(name, search_setup)
     assert not b.compute.kv_overflow.any()
 
 
+def test_a_shared_history_pool_holds_beam_search_and_a_short_one_raises(search_setup):
+    """Beam search keeps N/M parents per iteration, so its rows share history: half the
+    worst-case pool still gives the contiguous result; a pool far too small raises."""
+    policy, prm, prompts = search_setup
+    ref = _run(search_setup, "beam", "contiguous")
+    cfg = SearchConfig(**BASE, **RUNS["beam"], kv_cache="paged", kv_pool_fraction=0.5)
+    _same(ref, jax.tree.map(np.asarray, search(policy, prm, *prompts, cfg, SPEC)))
+    cfg = dataclasses.replace(cfg, kv_pool_fraction=0.05)
+    with pytest.raises(RuntimeError, match="ran out of pages.*kv_pool_fraction"):
+        search(policy, prm, *prompts, cfg, SPEC)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 2, 1), (8, 1, 1), (1, 2, 1)],
                          ids=lambda s: "x".join(map(str, s)))

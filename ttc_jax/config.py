@@ -304,6 +304,9 @@ class SearchConfig:
         shared by its N rows, selection moves page tables, not keys and values; layers
         run under ``scan``; on TPU attention is JAX's ``ragged_paged_attention``).
       kv_page_size: tokens per page of the paged cache.
+      kv_pool_fraction: the paged pool holds this fraction of the pages every row could
+        need on its own (1: never runs short). Below 1 it relies on rows sharing history
+        (beam/DVTS keep N/M parents per iteration); running short raises, with this name.
       prm_block_tokens: solution tokens per PRM scoring call (0: ``max_step_tokens``).
         An HF PRM adapter rewrites a block of C tokens into a stream up to C * span ids
         wide (its chat template around every possible step end), so at real shapes a
@@ -325,6 +328,7 @@ class SearchConfig:
     rules: str = "ttc_jax"
     kv_cache: str = "contiguous"
     kv_page_size: int = 16
+    kv_pool_fraction: float = 1.0
     prm_block_tokens: int = 0
 
     def __post_init__(self):
@@ -332,6 +336,8 @@ class SearchConfig:
                f"search.kv_cache={self.kv_cache!r} is unknown; choose one of {list(KV_CACHES)}")
         _check(self.kv_page_size >= 1 and self.kv_page_size & (self.kv_page_size - 1) == 0,
                f"search.kv_page_size={self.kv_page_size} must be a power of two (e.g. 16)")
+        _check(0.0 < self.kv_pool_fraction <= 1.0,
+               f"search.kv_pool_fraction={self.kv_pool_fraction} must be in (0, 1]")
         _check(self.prm_block_tokens >= 0,
                f"search.prm_block_tokens={self.prm_block_tokens} must be >= 0 (0: "
                f"max_step_tokens)")

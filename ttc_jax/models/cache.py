@@ -9,6 +9,7 @@ wrapped, and the caller checks capacity before decoding (see ``ttc_jax.decode``)
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.struct
 import jax
@@ -113,10 +114,16 @@ class CacheLayout:
     ``ceil(own_slots / page_size) + 1`` pages (the +1: its prompt's partial last page,
     copied on write). Every page a row references beyond its prompt's full pages is one of
     those entries, whether it owns or shares it, so the pool never runs short while each
-    row writes at most ``own_slots`` positions (``overflow`` reports it if one does)."""
+    row writes at most ``own_slots`` positions (``overflow`` reports it if one does).
+
+    ``pool_fraction`` < 1 sizes the pool for that fraction of those pages: it then relies
+    on rows sharing history (beam search and DVTS keep N/M parents per iteration, so their
+    live histories hold about 1/M of the worst case plus the current step); a pool that
+    runs out is reported, never silent."""
 
     paged: bool = False
     page_size: int = 16
+    pool_fraction: float = 1.0
 
     def init(self, cfg: ModelConfig, batch: int, capacity: int, prompt_width: int):
         if not self.paged:
@@ -135,7 +142,8 @@ class CacheLayout:
             return cache.repeat(n)
         rows = cache.batch // cache.groups * n
         own = -(-own_slots // cache.page_size) + 1
-        return cache.repeat(n, pool_pages=cache.pool_pages + rows * own)
+        return cache.repeat(n, pool_pages=cache.pool_pages
+                            + math.ceil(rows * own * self.pool_fraction))
 
 
 CONTIGUOUS = CacheLayout()

@@ -132,7 +132,8 @@ def search(policy, prm, prompts, prompt_lens, cfg: SearchConfig, spec: SearchTok
 
 def layout_of(cfg: SearchConfig) -> CacheLayout:
     """The KV-cache layout ``cfg.kv_cache`` / ``cfg.kv_page_size`` name."""
-    return CacheLayout(paged=cfg.kv_cache == "paged", page_size=cfg.kv_page_size)
+    return CacheLayout(paged=cfg.kv_cache == "paged", page_size=cfg.kv_page_size,
+                       pool_fraction=cfg.kv_pool_fraction)
 
 
 def check_overflow(compute) -> None:
@@ -143,10 +144,10 @@ def check_overflow(compute) -> None:
     bad = np.flatnonzero(np.asarray(compute.kv_overflow))
     if bad.size:
         raise RuntimeError(
-            f"the paged KV cache ran out of pages for problem rows {bad.tolist()} (a row "
-            f"wrote past what its pool was sized for: a PRM stream longer than its "
-            f"cache_len?); raise the PRM's cache_len / search.max_new_tokens headroom, or "
-            f"use search.kv_cache='contiguous'")
+            f"the paged KV cache ran out of pages for problems {bad.tolist()} of the batch "
+            f"(their writes were dropped): raise search.kv_pool_fraction (1.0 never runs "
+            f"short while each row stays within its budget), check that the PRM's cache_len "
+            f"holds its stream, or use search.kv_cache='contiguous'")
 
 
 def encode_prompts(task, problems, multiple: int = 16, *, tokenizer=None,
