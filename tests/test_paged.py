@@ -163,7 +163,7 @@ def test_decode_speculative_and_token_beam_search_equal_contiguous(model):
 
 TASK = get_task("arithmetic")
 SPEC = SearchTokens.from_task(TASK)
-SCFG = ModelConfig(vocab_size=24, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+SCFG = ModelConfig(vocab_size=24, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
                    mlp_dim=64, max_seq_len=96)
 BASE = dict(n=4, beam_width=2, max_steps=3, max_step_tokens=6, max_new_tokens=24,
             kv_page_size=4)
@@ -224,7 +224,7 @@ def test_a_shared_history_pool_holds_beam_search_and_a_short_one_raises(search_s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", [(2, 2, 1), (8, 1, 1), (1, 2, 1)],
+@pytest.mark.parametrize("shape", [(2, 2, 1), (8, 1, 1)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_paged_search_on_a_mesh_equals_one_device(shape, search_setup):
     mesh = make_mesh(MeshConfig(*shape), jax.devices()[:int(np.prod(shape))])

@@ -110,7 +110,10 @@ def _launch(workdir, *extra):
 def test_resume_after_sigkill_ends_bit_identical_to_uninterrupted_run(tmp_path):
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_launch(straight), check=True, env=env, capture_output=True)
+    # the uninterrupted run goes alongside the one that gets killed (one core each)
+    ref_err = open(tmp_path / "straight.err", "wb")  # noqa: SIM115 - closed below
+    ref = subprocess.Popen(_launch(straight), env=env, stdout=subprocess.DEVNULL,
+                           stderr=ref_err)
     proc = subprocess.Popen(_launch(killed), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -122,6 +125,9 @@ def test_resume_after_sigkill_ends_bit_identical_to_uninterrupted_run(tmp_path):
     steps = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] < 60, "the kill came too late to test a resume"
     subprocess.run(_launch(killed), check=True, env=env, capture_output=True)
+    code = ref.wait(timeout=300)
+    ref_err.close()
+    assert code == 0, (tmp_path / "straight.err").read_text()[-2000:]
     for a, b in zip(_params(straight), _params(killed), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     rows = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]

@@ -270,7 +270,10 @@ def attend_paged(q: jax.Array, c: PagedLayers, layer, mask: jax.Array,
     On a TPU (or inside ``attention_kernel("ragged")``) this is JAX's
     ``ragged_paged_attention`` kernel; elsewhere each row's first pages (a bucket that
     covers ``bound``) are gathered into a contiguous [B, K, S', H] view for ``attend``."""
-    if kernel_impl(q.shape[-1]) == "ragged":
+    from ttc_jax.parallel.rules import mesh_size
+
+    # the kernel runs per device on one page group: groups must follow the data axis
+    if kernel_impl(q.shape[-1]) == "ragged" and c.kv.shape[1] == mesh_size("data"):
         return _attend_ragged(q, c, layer)
     from ttc_jax.models.transformer import attend
 
