@@ -3,7 +3,9 @@
 The paged-cache work (issue 17) touched the model's cached calls, the decode loop and the
 search step kernel. The CPU is where the tests and the demo run, so the CPU path must not
 slow down. For each workload the base revision's code (a ``git worktree`` of ``--base``)
-and this checkout's code run in fresh subprocesses, alternately, ``--repeats`` times:
+and this checkout's code run in fresh subprocesses, alternately, ``--repeats`` times (the
+figures are the best of them; each timed figure is itself the best of 10 calls after the
+compile: calls of ~0.1 s on this shared 2-core machine vary by +-20% from run to run):
 
 * ``decode``: ``sample`` of 16 rows x 128 tokens on a tiny model (tokens/s, after compile);
 * ``search``: beam search (N=8, M=4) and best-of-N (N=8) over 8 arithmetic problems on the
@@ -45,7 +47,7 @@ def _worker(kind: str) -> dict:
 
     out = {"code": str(Path(ttc_jax.__file__).parent.parent)}
 
-    def timed(fn, reps=3):
+    def timed(fn, reps=10):
         jax.block_until_ready(fn())  # compile
         ts = []
         for _ in range(reps):
@@ -95,7 +97,7 @@ def _run(tree: Path, kind: str) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="831e8b8", help="revision to compare against")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--kinds", default="decode,search,demo")
     ap.add_argument("--worker", default="")
     a = ap.parse_args()

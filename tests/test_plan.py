@@ -29,7 +29,8 @@ def test_tiny_plan_hbm_is_memory_analysis_of_the_same_program():
     want = p.memory_figures(compiled)
     for k in ("argument_bytes", "output_bytes", "temp_bytes", "total_bytes"):
         assert row[k] == want[k], k
-    assert want["argument_bytes"] > 0 and want["temp_bytes"] > 0
+    # (a program this small may keep every temporary on chip: temp_bytes can be 0)
+    assert want["total_bytes"] >= want["argument_bytes"] > 0
     assert row["fits"] and out["results"]["plan_fits_all"] == 1
     assert out["results"]["plan_max_hbm_gib_per_chip"] == round(want["total_bytes"] / p.GIB, 2)
     assert row["peak_host_bytes"] > 0 and row["compile_s"] > 0

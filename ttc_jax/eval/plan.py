@@ -460,8 +460,10 @@ def _lower_unit(s: Setup, name: str, rows: int, topo=None, layers: int | None = 
                 hoist_layers(model)
                 cache = cache.replace(lengths=jnp.full_like(cache.lengths, typical),
                                       carry=jnp.zeros_like(cache.carry))
-                # the solution-block branch of ``extend`` (its prompt branch runs once)
-                return model._steps(tokens, cache, jnp.full(tokens.shape[:1], c, jnp.int32))
+                # the solution-block branch of ``extend`` (its prompt branch runs once),
+                # with the trunk over one stream chunk: a typical block's whole stream
+                return model._steps(tokens, cache, jnp.full(tokens.shape[:1], c, jnp.int32),
+                                    one_chunk=True)
 
             return jax.jit(prm_block, donate_argnums=2).lower(
                 rparams, toks(rows, c), cache_abs(prm.cfg, rows, cap))

@@ -452,12 +452,18 @@ class ChatPRMAdapter(nnx.Module):
       tables: ``build_stream_tables(...)`` (real vocabularies), or None with
         ``delimiter_ids``: bare separator ids (``toy_tables``; tests).
       cache_len: the PRM cache capacity (the cache handed in is widened to it).
+      stream_chunk: positions of the rewritten stream the trunk runs per call (default:
+        twice the block's tokens). A block of C policy tokens becomes a stream of at most
+        C * span ids (span: the longest rewrite of one token, e.g. 12 with a chat template
+        around every possible step end) but usually about C plus a template per step
+        end; the trunk runs over ``ceil(longest row's stream / stream_chunk)`` chunks,
+        not over the whole C * span width.
     """
 
     def __init__(self, lm: Transformer, *, policy_prefix: Ids, policy_suffix: Ids,
                  prm_prefix: Ids, prm_suffix: Ids, read: Ids, after: Ids, eos_ids: Ids,
                  tables: dict | None = None, delimiter_ids: Sequence[int] | None = None,
-                 cache_len: int | None = None):
+                 cache_len: int | None = None, stream_chunk: int | None = None):
         if not read:
             raise ValueError("read template is empty; the score needs a read position")
         self.lm = lm
@@ -467,6 +473,7 @@ class ChatPRMAdapter(nnx.Module):
         self.read, self.after = tuple(read), tuple(after)
         self.eos_ids = tuple(int(e) for e in eos_ids)
         self.cache_len = cache_len or lm.cfg.max_seq_len
+        self.stream_chunk = stream_chunk
         if tables is None:
             if delimiter_ids is None:
                 raise ValueError("pass tables= (build_stream_tables) or delimiter_ids=")
@@ -515,15 +522,37 @@ class ChatPRMAdapter(nnx.Module):
         carry = jnp.full(cache.lengths.shape, float(FIRST), jnp.float32)
         return jnp.zeros(tokens.shape, jnp.float32), cache.replace(carry=carry)
 
-    def _steps(self, tokens, cache, num_new):
-        """Solution tokens -> the PRM's stream; scores at step ends and a peek."""
+    def _steps(self, tokens, cache, num_new, *, one_chunk: bool = False):
+        """Solution tokens -> the PRM's stream; scores at step ends and a peek.
+
+        The trunk runs over the stream in chunks of ``stream_chunk`` positions, as many
+        as the longest row's stream needs. ``one_chunk`` (static; the planner's unit
+        program): exactly one chunk, no loop (rows with longer streams are cut)."""
         b, c = tokens.shape
         a = len(self.read)
         out, total, read, rewind, is_end, last, carry = self._stream(tokens, num_new,
                                                                      cache.carry)
         cache = cache.replace(lengths=cache.lengths - rewind)
-        h, cache = self.lm.extend_hidden(out, cache, total)  # [B, Wx, D]
-        scores = jnp.where(is_end, self.score_from_hidden(_gather_rows(h, read)), 0.0)
+        wx = out.shape[1]
+        chunk = min(wx, self.stream_chunk or 2 * c)
+        out = jnp.pad(out, ((0, 0), (0, -(-wx // chunk) * chunk - wx)))
+
+        def run(i, carry):
+            cache, scores = carry
+            off = i * chunk
+            blk = jax.lax.dynamic_slice_in_dim(out, off, chunk, axis=1)
+            h, cache = self.lm.extend_hidden(blk, cache, jnp.clip(total - off, 0, chunk))
+            rel = read - off  # [B, C] each step end's read position in this chunk
+            inside = is_end & (rel >= 0) & (rel < chunk)
+            got = self.score_from_hidden(_gather_rows(h, rel))
+            return cache, jnp.where(inside, got, scores)
+
+        carry0 = (cache, jnp.zeros((b, c), jnp.float32))
+        if one_chunk:
+            cache, scores = run(0, carry0)
+        else:
+            n_chunks = jnp.max(-(-total // chunk))
+            cache, scores = jax.lax.fori_loop(0, n_chunks, run, carry0)
         # peek: the last real (non-eos) token, if not a step end, scored as a step end
         pos = jnp.arange(c)[None, :]
         last_end = jnp.take_along_axis(is_end, jnp.maximum(last, 0)[:, None], axis=1)[:, 0]
