@@ -137,9 +137,6 @@ class PagedKVCache:
     def pool_pages(self) -> int:
         return self.kv.shape[2]
 
-    def _rows(self, x, rows):
-        return jnp.take(x, rows, axis=0)
-
     def repeat(self, n: int, *, pool_pages: int | None = None) -> PagedKVCache:
         """Each row repeated n times consecutively (b*n + i is copy i), sharing its pages.
 
